@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * cgroup sock_addr programs: outbound capture at connect() and the matching
+ * getpeername() answer.
+ *
+ * Kernel: cgroup/connect4 4.17, bpf_bind 4.17, bpf_sk_storage_get from
+ * sock_addr programs 5.11 (earlier kernels reject the program),
+ * bpf_get_current_ancestor_cgroup_id 5.7, cgroup/getpeername4 5.8.
+ */
+#include "lib/sockbridge.h"
+
+/* Settings fixed at load time, set from Go through spec.Variables. */
+const volatile __u32 proxy_uid = 1337;
+const volatile __u32 proxy_gid = 1337;
+const volatile __u16 outbound_port = 15001; /* host byte order */
+const volatile __u16 inbound_port = 15006; /* host byte order */
+/* Ports a sidecar's same-node connection must not be short-cut for: the
+ * ports istio-iptables excludes from inbound capture (15008 HBONE, 15020,
+ * 15021, 15090). Host byte order, 0 = unused slot. */
+const volatile __u16 inbound_skip_ports[SB_MAX_SKIP_PORTS] = { 15008, 15020, 15021, 15090 };
+
+/* Emits the enums shared with Go into BTF so bpf2go -type can see them. */
+static const enum sb_stat sb_stat_btf __attribute__((used));
+static const enum sb_pod_flag sb_pod_flag_btf __attribute__((used));
+
+/* Finds the pod the current task belongs to by looking up each ancestor
+ * cgroup of the task in sb_pods. Pod cgroups do not nest, so the first hit
+ * is the pod. */
+static __always_inline struct sb_pod *current_pod(void)
+{
+	struct sb_pod *pod;
+	__u64 id;
+	int level;
+
+	for (level = 1; level <= SB_MAX_CGROUP_LEVEL; level++) {
+		id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			return NULL;
+		pod = bpf_map_lookup_elem(&sb_pods, &id);
+		if (pod)
+			return pod;
+	}
+	return NULL;
+}
+
+static __always_inline int is_proxy(void)
+{
+	__u64 ugid = bpf_get_current_uid_gid();
+
+	return (__u32)ugid == proxy_uid || (__u32)(ugid >> 32) == proxy_gid;
+}
+
+static __always_inline int skip_inbound_port(__u16 port)
+{
+	int i;
+
+	for (i = 0; i < SB_MAX_SKIP_PORTS; i++) {
+		if (inbound_skip_ports[i] && inbound_skip_ports[i] == port)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int remember(struct bpf_sock_addr *ctx, __u16 flags)
+{
+	struct sb_sock *s;
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!sk)
+		return -1;
+	s = bpf_sk_storage_get(&sb_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		sb_count(SB_STAT_STORAGE_FAILED);
+		return -1;
+	}
+	s->ip4 = ctx->user_ip4;
+	s->port = (__u16)ctx->user_port;
+	s->flags = flags;
+	return 0;
+}
+
+/* A sidecar connection to a meshed pod on this node (its own included) goes
+ * to that pod's inbound port, as istio-iptables' ISTIO_IN_REDIRECT would do
+ * on arrival; Envoy's inbound passthrough from 127.0.0.6 is left alone. */
+static __always_inline void proxy_connect(struct bpf_sock_addr *ctx)
+{
+	struct sb_pod_ip *dst_pod;
+	struct sb_pod *pod;
+	__u32 dst_ip4 = ctx->user_ip4;
+	__u16 dst_port = bpf_ntohs((__u16)ctx->user_port);
+
+	if (sb_is_loopback(dst_ip4) || dst_port == inbound_port || skip_inbound_port(dst_port))
+		return;
+	if (ctx->sk && ctx->sk->src_ip4 == bpf_htonl(SB_PASSTHROUGH_IP))
+		return;
+	dst_pod = bpf_map_lookup_elem(&sb_pod_ips, &dst_ip4);
+	if (!dst_pod)
+		return;
+	pod = bpf_map_lookup_elem(&sb_pods, &dst_pod->cgroup_id);
+	if (!pod || !(pod->flags & SB_POD_CAPTURE))
+		return;
+	if (remember(ctx, SB_SOCK_SHORTCUT))
+		return;
+	ctx->user_port = bpf_htons(inbound_port);
+	sb_count(SB_STAT_SHORTCUT);
+}
+
+SEC("cgroup/connect4")
+int connect4_redirect(struct bpf_sock_addr *ctx)
+{
+	struct sb_pod *pod;
+	__u32 dst_ip4 = ctx->user_ip4;
+
+	if (ctx->type != SB_SOCK_STREAM)
+		return 1;
+	pod = current_pod();
+	if (!pod || !(pod->flags & SB_POD_CAPTURE))
+		return 1;
+	if (is_proxy()) {
+		proxy_connect(ctx);
+		return 1;
+	}
+	/* The app's own local traffic (127.0.0.0/8 and its pod IP) stays
+	 * local, as istio-iptables' "-o lo ... -j RETURN" rules leave it. */
+	if (sb_is_loopback(dst_ip4) || (pod->ip4 && dst_ip4 == pod->ip4))
+		return 1;
+	if (remember(ctx, SB_SOCK_CAPTURED))
+		return 1;
+	if (pod->ip4 && ctx->sk && !ctx->sk->src_ip4) {
+		struct sockaddr_in sa = {
+			.sin_family = SB_AF_INET,
+			.sin_addr.s_addr = pod->ip4,
+		};
+
+		if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)))
+			sb_count(SB_STAT_BIND_FAILED);
+	}
+	ctx->user_ip4 = bpf_htonl(SB_LOCALHOST_IP);
+	ctx->user_port = bpf_htons(outbound_port);
+	sb_count(SB_STAT_CAPTURED);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int getpeername4_restore(struct bpf_sock_addr *ctx)
+{
+	struct sb_sock *s;
+
+	if (!ctx->sk)
+		return 1;
+	s = bpf_sk_storage_get(&sb_socks, ctx->sk, 0, 0);
+	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT)))
+		return 1;
+	ctx->user_ip4 = s->ip4;
+	ctx->user_port = s->port;
+	sb_count(SB_STAT_PEERNAME_RESTORED);
+	return 1;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

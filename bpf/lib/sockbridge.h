@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Structs, maps and constants shared by every sockbridge BPF object and,
+ * through bpf2go -type, by the Go agent. Byte order is stated on every
+ * address and port field.
+ *
+ * Every map is pinned by name (LIBBPF_PIN_BY_NAME) so that the objects loaded
+ * from separate C files share one instance of each map under the agent's
+ * bpffs directory, and so that the maps outlive an agent restart.
+ */
+#ifndef SOCKBRIDGE_H
+#define SOCKBRIDGE_H
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/types.h>
+#include <bpf_endian.h>
+#include <bpf_helpers.h>
+
+/* Not in the UAPI headers BPF C can include. */
+#define SB_AF_INET 2
+#define SB_SOCK_STREAM 1
+
+#define SB_MAX_PODS 4096
+/* In-flight handshakes only: an entry lives from the client's
+ * ACTIVE_ESTABLISHED to the sidecar's PASSIVE_ESTABLISHED. */
+#define SB_MAX_TUPLES 65536
+/* Deepest cgroup level searched for a pod cgroup (kubepods/<qos>/pod<uid> is
+ * level 2 or 3; nested kubelets such as kind add a few more). */
+#define SB_MAX_CGROUP_LEVEL 12
+#define SB_MAX_SKIP_PORTS 8
+
+#define SB_LOOPBACK_NET 0x7f000000 /* 127.0.0.0/8, host order */
+#define SB_PASSTHROUGH_IP 0x7f000006 /* 127.0.0.6, host order: Envoy inbound passthrough */
+#define SB_LOCALHOST_IP 0x7f000001 /* 127.0.0.1, host order */
+
+/* sb_pod.flags */
+enum sb_pod_flag {
+	SB_POD_CAPTURE = 1 << 0, /* redirect the pod's outbound TCP to its sidecar */
+};
+
+/* Value of sb_pods, keyed by the pod cgroup's id (__u64, the cgroup v2
+ * directory's inode number). */
+struct sb_pod {
+	__u32 ip4; /* pod IPv4, network byte order; 0 when unknown (no source bind) */
+	__u32 flags; /* enum sb_pod_flag */
+};
+
+/* Value of sb_pod_ips, keyed by a pod IPv4 (__u32, network byte order). */
+struct sb_pod_ip {
+	__u64 cgroup_id; /* key of the pod in sb_pods */
+};
+
+/* sb_sock.flags */
+enum sb_sock_flag {
+	SB_SOCK_CAPTURED = 1 << 0, /* app socket rewritten to the outbound port */
+	SB_SOCK_SHORTCUT = 1 << 1, /* sidecar socket rewritten to a local pod's inbound port */
+	SB_SOCK_ORIGDST = 1 << 2, /* accepted sidecar socket that knows its original dst */
+};
+
+/* Per-socket state in sb_sock (socket local storage, freed with the socket). */
+struct sb_sock {
+	__u32 ip4; /* original destination IPv4, network byte order */
+	__u16 port; /* original destination port, network byte order */
+	__u16 flags; /* enum sb_sock_flag */
+};
+
+/* Key of sb_tuples: a connection as its client sees it. */
+struct sb_tuple {
+	__u64 netns; /* netns cookie for loopback connections, 0 for pod IP to pod IP */
+	__u32 client_ip4; /* network byte order */
+	__u32 server_ip4; /* network byte order */
+	__u16 client_port; /* host byte order */
+	__u16 server_port; /* host byte order */
+	__u32 pad;
+};
+
+/* Indexes of sb_stats. */
+enum sb_stat {
+	SB_STAT_CAPTURED = 0, /* connect4: app connection redirected to the sidecar */
+	SB_STAT_SHORTCUT, /* connect4: sidecar connection sent to a local pod's inbound port */
+	SB_STAT_BIND_FAILED, /* connect4: could not bind the pod IP as source */
+	SB_STAT_STORAGE_FAILED, /* socket storage could not be allocated */
+	SB_STAT_TUPLE_FAILED, /* sockops: sb_tuples full or update failed */
+	SB_STAT_ORIGDST_ANSWERED, /* getsockopt: SO_ORIGINAL_DST answered */
+	SB_STAT_ORIGDST_UNKNOWN, /* getsockopt: SO_ORIGINAL_DST asked on an unknown socket */
+	SB_STAT_PEERNAME_RESTORED, /* getpeername4: original destination returned */
+	SB_STAT_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SB_MAX_PODS);
+	__type(key, __u64);
+	__type(value, struct sb_pod);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sb_pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SB_MAX_PODS);
+	__type(key, __u32);
+	__type(value, struct sb_pod_ip);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sb_pod_ips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sb_sock);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sb_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SB_MAX_TUPLES);
+	__type(key, struct sb_tuple);
+	__type(value, struct sb_sock);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sb_tuples SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SB_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sb_stats SEC(".maps");
+
+static __always_inline void sb_count(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&sb_stats, &stat);
+
+	if (v)
+		*v += 1;
+}
+
+/* ip4 in network byte order. */
+static __always_inline int sb_is_loopback(__u32 ip4)
+{
+	return (bpf_ntohl(ip4) & 0xff000000) == SB_LOOPBACK_NET;
+}
+
+#endif /* SOCKBRIDGE_H */

@@ -1,0 +1,118 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * sockops: carries a captured connection's original destination from the
+ * connecting socket to the socket the sidecar accepts.
+ *
+ * The client's ACTIVE_ESTABLISHED callback runs before it sends the final
+ * ACK, so before the listener creates the child socket and runs
+ * PASSIVE_ESTABLISHED: the client publishes the destination in sb_tuples, the
+ * child moves it into its own socket storage and deletes the entry. An entry
+ * whose child never appears is deleted when the client socket closes. No
+ * per-connection state outlives its sockets.
+ *
+ * Kernel: sockops 4.13, bpf_sk_storage_get from sockops 5.3,
+ * bpf_get_netns_cookie from sockops 5.15, BPF_SOCK_OPS_STATE_CB 4.17.
+ */
+#include "lib/sockbridge.h"
+
+#define TCP_CLOSE 7
+
+/* The key is the connection as the client sees it; the netns cookie keeps
+ * apart pods whose loopback 4-tuples are identical. */
+static __always_inline void tuple_key(struct bpf_sock_ops *skops, struct sb_tuple *key, int passive)
+{
+	__u32 local_ip4 = skops->local_ip4;
+	__u32 remote_ip4 = skops->remote_ip4;
+	__u16 local_port = (__u16)skops->local_port;
+	__u16 remote_port = (__u16)bpf_ntohl(skops->remote_port);
+
+	if (passive) {
+		key->client_ip4 = remote_ip4;
+		key->client_port = remote_port;
+		key->server_ip4 = local_ip4;
+		key->server_port = local_port;
+	} else {
+		key->client_ip4 = local_ip4;
+		key->client_port = local_port;
+		key->server_ip4 = remote_ip4;
+		key->server_port = remote_port;
+	}
+	key->netns = sb_is_loopback(key->server_ip4) ? bpf_get_netns_cookie(skops) : 0;
+	key->pad = 0;
+}
+
+static __always_inline void active_established(struct bpf_sock_ops *skops, struct bpf_sock *sk)
+{
+	struct sb_tuple key;
+	struct sb_sock *s;
+
+	s = bpf_sk_storage_get(&sb_socks, sk, 0, 0);
+	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT)))
+		return;
+	tuple_key(skops, &key, 0);
+	if (bpf_map_update_elem(&sb_tuples, &key, s, BPF_ANY)) {
+		sb_count(SB_STAT_TUPLE_FAILED);
+		return;
+	}
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+static __always_inline void passive_established(struct bpf_sock_ops *skops, struct bpf_sock *sk)
+{
+	struct sb_tuple key;
+	struct sb_sock *orig, *s;
+
+	tuple_key(skops, &key, 1);
+	orig = bpf_map_lookup_elem(&sb_tuples, &key);
+	if (!orig)
+		return;
+	s = bpf_sk_storage_get(&sb_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		/* Leave the entry: getsockopt falls back to sb_tuples and the
+		 * client's close removes it. */
+		sb_count(SB_STAT_STORAGE_FAILED);
+		return;
+	}
+	s->ip4 = orig->ip4;
+	s->port = orig->port;
+	s->flags = SB_SOCK_ORIGDST;
+	bpf_map_delete_elem(&sb_tuples, &key);
+}
+
+static __always_inline void state_changed(struct bpf_sock_ops *skops, struct bpf_sock *sk)
+{
+	struct sb_tuple key;
+	struct sb_sock *s;
+
+	if (skops->args[1] != TCP_CLOSE)
+		return;
+	s = bpf_sk_storage_get(&sb_socks, sk, 0, 0);
+	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT)))
+		return;
+	tuple_key(skops, &key, 0);
+	bpf_map_delete_elem(&sb_tuples, &key);
+}
+
+SEC("sockops")
+int sockops_track(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+
+	if (skops->family != SB_AF_INET || !sk)
+		return 1;
+
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		active_established(skops, sk);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		passive_established(skops, sk);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		state_changed(skops, sk);
+		break;
+	}
+	return 1;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

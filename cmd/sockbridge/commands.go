@@ -1,0 +1,162 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+
+	"github.com/sockbridge/sockbridge/pkg/agent"
+	"github.com/sockbridge/sockbridge/pkg/cgroups"
+	"github.com/sockbridge/sockbridge/pkg/datapath"
+)
+
+// usageError marks errors in the command line (exit code 2).
+type usageError struct{ error }
+
+func exitCode(err error) int {
+	var u usageError
+	if errors.As(err, &u) {
+		return 2
+	}
+	return 1
+}
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "sockbridge",
+		Short:         "Service-mesh sidecar traffic capture with eBPF instead of iptables",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(newAgentCommand(), newUninstallCommand(), newMapsCommand(), newVersionCommand())
+	return root
+}
+
+// datapathFlags are the flags that say where the datapath lives.
+type datapathFlags struct {
+	cgroupRoot, cgroup string
+	cfg                datapath.Config
+}
+
+func (f *datapathFlags) register(c *cobra.Command) {
+	f.cfg = datapath.IstioDefaults()
+	fl := c.Flags()
+	fl.StringVar(&f.cgroupRoot, "cgroup-root", "", "cgroup v2 mount (default: detected from /proc/self/mountinfo)")
+	fl.StringVar(&f.cgroup, "cgroup", "", "cgroup to attach to, absolute or relative to --cgroup-root (default: the cgroup v2 root)")
+	fl.StringVar(&f.cfg.PinDir, "bpffs-dir", f.cfg.PinDir, "bpffs directory for pinned maps and links")
+	fl.Uint32Var(&f.cfg.ProxyUID, "proxy-uid", f.cfg.ProxyUID, "uid of the sidecar, whose connections are not captured")
+	fl.Uint32Var(&f.cfg.ProxyGID, "proxy-gid", f.cfg.ProxyGID, "gid of the sidecar")
+	fl.Uint16Var(&f.cfg.OutboundPort, "outbound-port", f.cfg.OutboundPort, "sidecar port for captured outbound connections")
+	fl.Uint16Var(&f.cfg.InboundPort, "inbound-port", f.cfg.InboundPort, "sidecar port for inbound connections")
+}
+
+func (f *datapathFlags) resolve() error {
+	if f.cgroupRoot == "" {
+		root, err := cgroups.Root()
+		if err != nil {
+			return err
+		}
+		f.cgroupRoot = root
+	}
+	f.cfg.CgroupPath = f.cgroupRoot
+	if f.cgroup != "" {
+		f.cfg.CgroupPath = cgroups.Resolve(f.cgroupRoot, f.cgroup)
+	}
+	return nil
+}
+
+func newAgentCommand() *cobra.Command {
+	var (
+		dpf      datapathFlags
+		podFile  string
+		logLevel string
+		cleanup  bool
+	)
+	c := &cobra.Command{
+		Use:   "agent",
+		Short: "Install the datapath and keep its pod map current until SIGTERM",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			log := logrus.New()
+			lvl, err := logrus.ParseLevel(logLevel)
+			if err != nil {
+				return usageError{fmt.Errorf("--log-level %q: want one of debug, info, warn, error", logLevel)}
+			}
+			log.SetLevel(lvl)
+			if err := dpf.resolve(); err != nil {
+				return err
+			}
+			return agent.Run(c.Context(), agent.Config{
+				Datapath: dpf.cfg, CgroupRoot: dpf.cgroupRoot, PodFile: podFile,
+				UninstallOnExit: cleanup, Log: log,
+			})
+		},
+	}
+	dpf.register(c)
+	c.Flags().StringVar(&podFile, "pods-file", "", "static pod list (JSON, see docs/pods-file.md); SIGHUP rereads it")
+	c.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	c.Flags().BoolVar(&cleanup, "uninstall-on-exit", false, "remove the datapath when the agent stops (default: leave it attached)")
+	return c
+}
+
+func newUninstallCommand() *cobra.Command {
+	pinDir := datapath.DefaultPinDir
+	c := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Detach every sockbridge program and remove its maps and pins",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := datapath.Uninstall(pinDir); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "removed the datapath pinned in %s\n", pinDir)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&pinDir, "bpffs-dir", pinDir, "bpffs directory the agent pinned to")
+	return c
+}
+
+func newMapsCommand() *cobra.Command {
+	pinDir := datapath.DefaultPinDir
+	c := &cobra.Command{
+		Use:   "maps",
+		Short: "Print the pinned pod map and counters as JSON",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			snap, err := datapath.ReadPinned(pinDir)
+			if err != nil {
+				return err
+			}
+			enc := json.NewEncoder(c.OutOrStdout())
+			enc.SetIndent("", "  ")
+			return enc.Encode(snap)
+		},
+	}
+	c.Flags().StringVar(&pinDir, "bpffs-dir", pinDir, "bpffs directory the agent pinned to")
+	return c
+}
+
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(c *cobra.Command, _ []string) {
+			v := "devel"
+			if bi, ok := debug.ReadBuildInfo(); ok {
+				for _, s := range bi.Settings {
+					if s.Key == "vcs.revision" {
+						v = s.Value
+					}
+				}
+			}
+			fmt.Fprintf(c.OutOrStdout(), "sockbridge %s\n", v)
+		},
+	}
+}

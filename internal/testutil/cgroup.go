@@ -1,0 +1,70 @@
+package testutil
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/sockbridge/sockbridge/pkg/cgroups"
+)
+
+// Cgroup creates the cgroup v2 directory parent/name (parent "" means a new
+// directory under the detected cgroup2 root) and removes it at cleanup. Any
+// process still inside, which can only be one the test started, is killed
+// first through cgroup.kill.
+func Cgroup(t TB, parent, name string) string {
+	t.Helper()
+	if parent == "" {
+		root, err := cgroups.Root()
+		if err != nil {
+			t.Fatalf("find cgroup2 root: %v", err)
+		}
+		parent = root
+	}
+	path := filepath.Join(parent, name)
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		t.Fatalf("create cgroup %s: %v", path, err)
+	}
+	t.Cleanup(func() { RemoveCgroup(path) })
+	return path
+}
+
+// TestCgroup creates a uniquely named child of the cgroup2 root for one test.
+func TestCgroup(t TB) string {
+	t.Helper()
+	return Cgroup(t, "", "sockbridge-test-"+RandomSuffix())
+}
+
+// RemoveCgroup removes a cgroup tree bottom-up, killing what is left in it.
+func RemoveCgroup(path string) error {
+	entries, _ := os.ReadDir(path)
+	for _, e := range entries {
+		if e.IsDir() {
+			RemoveCgroup(filepath.Join(path, e.Name()))
+		}
+	}
+	var err error
+	for i := 0; i < 100; i++ {
+		err = os.Remove(path)
+		if err == nil || errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if errors.Is(err, syscall.EBUSY) {
+			os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return err
+}
+
+// CgroupID returns the id of the cgroup at path or fails t.
+func CgroupID(t TB, path string) uint64 {
+	t.Helper()
+	id, err := cgroups.ID(path)
+	if err != nil {
+		t.Fatalf("cgroup id: %v", err)
+	}
+	return id
+}

@@ -1,0 +1,99 @@
+package testutil
+
+import (
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+)
+
+// Netns is a named network namespace created with `ip netns add`.
+type Netns struct {
+	Name string
+	// Addr is the namespace's address on the test network, if any.
+	Addr netip.Addr
+}
+
+// Path is the namespace's bind mount, for nsenter --net.
+func (n *Netns) Path() string { return "/run/netns/" + n.Name }
+
+// NewNetns creates a network namespace with loopback up and removes it at
+// cleanup.
+func NewNetns(t TB, name string) *Netns {
+	t.Helper()
+	Run(t, "ip", "netns", "add", name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	n := &Netns{Name: name}
+	n.Exec(t, "ip", "link", "set", "lo", "up")
+	return n
+}
+
+// Exec runs a command inside the namespace (through nsenter, which keeps
+// /sys as it is, unlike `ip netns exec`) and returns its output.
+func (n *Netns) Exec(t TB, name string, args ...string) string {
+	t.Helper()
+	return Run(t, "nsenter", append([]string{"--net=" + n.Path(), "--", name}, args...)...)
+}
+
+// Sysctl sets a per-namespace sysctl, e.g. "net.ipv4.tcp_tw_reuse", "1".
+func (n *Netns) Sysctl(t TB, key, value string) {
+	t.Helper()
+	n.Exec(t, "sysctl", "-q", "-w", key+"="+value)
+}
+
+// Network is a private L2 segment: a "node" namespace holding a bridge that
+// every host namespace joins with a veth pair. The host's own namespace is
+// never touched.
+type Network struct {
+	t      TB
+	prefix string
+	node   *Netns
+	bits   int
+	n      int
+}
+
+// NewNetwork creates the bridge namespace. Hosts get addresses from subnet,
+// which must lie in 10.250.0.0/16.
+func NewNetwork(t TB, prefix string, subnet netip.Prefix) *Network {
+	t.Helper()
+	if !netip.MustParsePrefix("10.250.0.0/16").Contains(subnet.Addr()) {
+		t.Fatalf("test network %s is outside 10.250.0.0/16", subnet)
+	}
+	node := NewNetns(t, prefix+"-node")
+	node.Exec(t, "ip", "link", "add", "br0", "type", "bridge")
+	node.Exec(t, "ip", "link", "set", "br0", "up")
+	return &Network{t: t, prefix: prefix, node: node, bits: subnet.Bits()}
+}
+
+// AddHost creates namespace <prefix>-<name> with address addr on the
+// network. The veth pair lives and dies with the two namespaces.
+func (nw *Network) AddHost(name string, addr netip.Addr) *Netns {
+	nw.t.Helper()
+	nw.n++
+	ns := NewNetns(nw.t, nw.prefix+"-"+name)
+	ns.Addr = addr
+	peer := fmt.Sprintf("h%d", nw.n)
+	// Created inside the node namespace, then one end moved into the host.
+	nw.node.Exec(nw.t, "ip", "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", ns.Name)
+	nw.node.Exec(nw.t, "ip", "link", "set", peer, "master", "br0", "up")
+	ns.Exec(nw.t, "ip", "addr", "add", fmt.Sprintf("%s/%d", addr, nw.bits), "dev", "eth0")
+	ns.Exec(nw.t, "ip", "link", "set", "eth0", "up")
+	return ns
+}
+
+// Prefix is the name prefix of every namespace of the network.
+func (nw *Network) Prefix() string { return nw.prefix }
+
+// NetnsNames lists the namespaces currently present whose name starts with
+// prefix, for leak checks.
+func NetnsNames(prefix string) []string {
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	var names []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 0 && strings.HasPrefix(f[0], prefix) {
+			names = append(names, f[0])
+		}
+	}
+	return names
+}

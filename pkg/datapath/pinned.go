@@ -1,0 +1,59 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+)
+
+// Snapshot is what the pinned maps hold, for `sockbridge maps`.
+type Snapshot struct {
+	Pods     []Pod             `json:"pods"`
+	Stats    map[string]uint64 `json:"stats"`
+	InFlight int               `json:"in_flight_handshakes"`
+}
+
+// ReadPinned reads the maps an agent pinned in pinDir without loading any
+// program.
+func ReadPinned(pinDir string) (*Snapshot, error) {
+	var (
+		dp   Datapath
+		errs []error
+	)
+	open := func(name string) *ebpf.Map {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("open pinned map %s (is the agent installed?): %w", name, err))
+		}
+		return m
+	}
+	dp.maps.SbPods = open("sb_pods")
+	dp.maps.SbStats = open("sb_stats")
+	dp.maps.SbTuples = open("sb_tuples")
+	defer func() {
+		for _, m := range []*ebpf.Map{dp.maps.SbPods, dp.maps.SbStats, dp.maps.SbTuples} {
+			if m != nil {
+				m.Close()
+			}
+		}
+	}()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	var (
+		s   Snapshot
+		err error
+	)
+	if s.Pods, err = dp.Pods(); err != nil {
+		return nil, err
+	}
+	if s.Stats, err = dp.Stats(); err != nil {
+		return nil, err
+	}
+	if s.InFlight, err = dp.InFlightTuples(); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}

@@ -1,0 +1,125 @@
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/sockbridge/sockbridge/internal/testutil"
+	"github.com/sockbridge/sockbridge/pkg/cgroups"
+)
+
+func cgroupsRoot() (string, error) { return cgroups.Root() }
+
+var (
+	podAIP = netip.MustParseAddr("10.250.0.2")
+	podBIP = netip.MustParseAddr("10.250.0.3")
+	podCIP = netip.MustParseAddr("10.250.0.4")
+)
+
+// An app in a meshed pod dials the server; the bytes go through HAProxy
+// (uid 1337), which learns the destination from SO_ORIGINAL_DST.
+func TestOutboundCaptureThroughSidecar(t *testing.T) {
+	e := newEnv(t)
+	a := e.addPod("a", podAIP, podOpts{inMap: true, capture: true, sidecar: true})
+
+	var r roundtripResult
+	a.run(t, &r, "roundtrip", "-addr", serverAddr(), "-bytes", fmt.Sprint(16<<20))
+	if !r.Intact {
+		t.Fatalf("16 MiB did not round-trip intact: %+v", r)
+	}
+	if got := hostOf(r.ServerSawPeer); got != podAIP.String() {
+		t.Errorf("server saw source %s, want the pod IP %s", r.ServerSawPeer, podAIP)
+	}
+	if r.Getpeername != serverAddr() {
+		t.Errorf("app's getpeername() = %s, want the dialled %s", r.Getpeername, serverAddr())
+	}
+	if got := hostOf(r.Getsockname); got != podAIP.String() {
+		t.Errorf("app's getsockname() = %s, want source %s", r.Getsockname, podAIP)
+	}
+	lines := a.sidecar.LogLines("outbound")
+	if len(lines) != 1 {
+		t.Fatalf("sidecar logged %d outbound connections, want 1 (a second one would be its own upstream captured):\n%s",
+			len(lines), a.sidecar.Output())
+	}
+	want := fmt.Sprintf("client=%s:", podAIP)
+	if !strings.Contains(lines[0], want) || !strings.Contains(lines[0], "orig_dst="+serverAddr()) {
+		t.Errorf("sidecar log %q, want %s... orig_dst=%s", lines[0], want, serverAddr())
+	}
+	s := e.stats()
+	if s["captured"] != 1 || s["origdst_answered"] < 1 || s["peername_restored"] < 1 {
+		t.Errorf("counters %v: want captured=1, origdst_answered>=1, peername_restored>=1", s)
+	}
+}
+
+// Processes outside meshed pods, pods absent from the map, pods with
+// capture off and an app's loopback traffic are all left alone.
+func TestUncapturedTrafficUntouched(t *testing.T) {
+	e := newEnv(t)
+	a := e.addPod("a", podAIP, podOpts{inMap: true, capture: true, sidecar: true})
+	b := e.addPod("b", podBIP, podOpts{inMap: false, sidecar: true})
+	c := e.addPod("c", podCIP, podOpts{inMap: true, capture: false, sidecar: true})
+	outside := testutil.Cgroup(t, e.cgroup, "system.slice")
+
+	direct := func(name string, spec testutil.ProcSpec, ip netip.Addr) {
+		t.Run(name, func(t *testing.T) {
+			var r roundtripResult
+			runIn(t, spec, &r, "roundtrip", "-addr", serverAddr(), "-bytes", "65536")
+			if !r.Intact || hostOf(r.ServerSawPeer) != ip.String() || r.Getpeername != serverAddr() {
+				t.Errorf("want a direct, intact connection from %s: %+v", ip, r)
+			}
+		})
+	}
+	direct("process outside pods in a meshed pod's netns", testutil.ProcSpec{Netns: a.ns, Cgroup: outside}, podAIP)
+	direct("pod not in the map", testutil.ProcSpec{Netns: b.ns, Cgroup: b.app}, podBIP)
+	direct("pod with capture off", testutil.ProcSpec{Netns: c.ns, Cgroup: c.app}, podCIP)
+
+	t.Run("app loopback", func(t *testing.T) {
+		// The app dials its own sidecar's inbound port on 127.0.0.1:
+		// HAProxy rejects it (no original destination), which proves
+		// it arrived as dialled and was not rewritten to 15001.
+		var r connsResult
+		runIn(t, testutil.ProcSpec{Netns: a.ns, Cgroup: a.app}, &r, "conns", "-addr", "127.0.0.1:15006", "-n", "1", "-parallel", "1")
+		if r.OK != 0 {
+			t.Errorf("loopback connection was served: %+v", r)
+		}
+	})
+
+	for _, p := range []*pod{a, b, c} {
+		if n := len(p.sidecar.LogLines("outbound")); n != 0 {
+			t.Errorf("pod %s: sidecar logged %d outbound connections, want 0:\n%s", p.name, n, p.sidecar.Output())
+		}
+	}
+	if s := e.stats(); s["captured"] != 0 {
+		t.Errorf("captured = %d, want 0", s["captured"])
+	}
+}
+
+// getpeername() returns what the app dialled and every other getsockopt,
+// including calls with a 64 KiB buffer, answers exactly as without the
+// datapath (compared with a process outside the attached cgroup).
+func TestSockoptsUnchanged(t *testing.T) {
+	e := newEnv(t)
+	a := e.addPod("a", podAIP, podOpts{inMap: true, capture: true, sidecar: true})
+
+	var captured, plain sockoptsResult
+	a.run(t, &captured, "sockopts", "-addr", serverAddr())
+	runIn(t, testutil.ProcSpec{Netns: a.ns}, &plain, "sockopts", "-addr", serverAddr())
+
+	if captured.Getpeername != serverAddr() || plain.Getpeername != serverAddr() {
+		t.Errorf("getpeername: captured %s, plain %s, want %s", captured.Getpeername, plain.Getpeername, serverAddr())
+	}
+	if len(a.sidecar.LogLines("outbound")) != 1 {
+		t.Fatalf("the app's connection was not captured:\n%s", a.sidecar.Output())
+	}
+	if len(plain.Opts) == 0 {
+		t.Fatal("no getsockopt results")
+	}
+	for name, want := range plain.Opts {
+		got := captured.Opts[name]
+		if got != want {
+			t.Errorf("getsockopt %s: captured socket %+v, without the datapath %+v", name, got, want)
+		}
+	}
+}

@@ -1,0 +1,224 @@
+// Package e2e holds sockbridge's privileged end-to-end tests: real BPF
+// programs on this kernel, real HAProxy as the sidecar, real traffic between
+// network namespaces. They attach only to child cgroups they create and
+// send traffic only inside namespaces they create.
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sockbridge/sockbridge/internal/testutil"
+	"github.com/sockbridge/sockbridge/pkg/datapath"
+)
+
+// Binaries built once for the package.
+var bin struct{ sbpeer, sockbridge string }
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sockbridge-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin.sbpeer = filepath.Join(dir, "sbpeer")
+	bin.sockbridge = filepath.Join(dir, "sockbridge")
+	for out, pkg := range map[string]string{bin.sbpeer: "../sbpeer", bin.sockbridge: "../../cmd/sockbridge"} {
+		if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, b)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	if leaks := leftovers(); len(leaks) > 0 {
+		fmt.Fprintf(os.Stderr, "e2e tests left behind: %s\n", strings.Join(leaks, ", "))
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// leftovers lists namespaces, pin directories and cgroups of the tests that
+// still exist after every cleanup ran.
+func leftovers() []string {
+	leaks := testutil.NetnsNames("sbt")
+	pins, _ := filepath.Glob("/sys/fs/bpf/sockbridge-test-*")
+	leaks = append(leaks, pins...)
+	if root, err := cgroupsRoot(); err == nil {
+		cgs, _ := filepath.Glob(filepath.Join(root, "sockbridge-test-*"))
+		leaks = append(leaks, cgs...)
+	}
+	return leaks
+}
+
+const (
+	serverPort = 8080
+	proxyUID   = 1337
+)
+
+var (
+	subnet   = netip.MustParsePrefix("10.250.0.0/24")
+	serverIP = netip.MustParseAddr("10.250.0.1")
+)
+
+// env is one test's world: a test cgroup the datapath attaches to, a
+// private network with a server host, and the loaded datapath.
+type env struct {
+	t      *testing.T
+	dir    string
+	cgroup string
+	pinDir string
+	net    *testutil.Network
+	server *testutil.Netns
+	dp     *datapath.Datapath
+	cfg    datapath.Config
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	testutil.RequirePrivileged(t, "haproxy", "bpftool", "ss", "sysctl")
+	e := &env{t: t, dir: t.TempDir()}
+	e.cgroup = testutil.TestCgroup(t)
+	suffix := testutil.RandomSuffix()
+	e.pinDir = "/sys/fs/bpf/sockbridge-test-" + suffix
+	t.Cleanup(func() {
+		if err := datapath.Uninstall(e.pinDir); err != nil {
+			t.Errorf("uninstall: %v", err)
+		}
+	})
+	e.net = testutil.NewNetwork(t, "sbt"+suffix[:5], subnet)
+	e.server = e.net.AddHost("srv", serverIP)
+	testutil.Start(t, testutil.ProcSpec{Netns: e.server, Args: []string{bin.sbpeer, "serve", "-listen", fmt.Sprintf("0.0.0.0:%d", serverPort)}})
+	testutil.WaitListening(t, e.server, serverPort)
+
+	e.cfg = datapath.IstioDefaults()
+	e.cfg.CgroupPath = e.cgroup
+	e.cfg.PinDir = e.pinDir
+	dp, err := datapath.Load(e.cfg)
+	if err != nil {
+		t.Fatalf("load datapath: %v", err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	e.dp = dp
+	return e
+}
+
+// pod is a test pod: a namespace with the pod IP, a pod-level cgroup named
+// as the kubelet's cgroupfs driver names it, and container cgroups below
+// it for the app and the sidecar.
+type pod struct {
+	name    string
+	ns      *testutil.Netns
+	cgroup  string // pod-level cgroup
+	app     string // the app container's cgroup
+	proxy   string // the sidecar container's cgroup
+	id      uint64
+	sidecar *testutil.Sidecar
+}
+
+type podOpts struct {
+	inMap   bool // listed in the datapath's pod map
+	capture bool
+	sidecar bool
+}
+
+func (e *env) addPod(name string, ip netip.Addr, o podOpts) *pod {
+	e.t.Helper()
+	ns := e.net.AddHost(name, ip)
+	// Room for 100,000 sequential connections: ports in TIME_WAIT are
+	// reused for new outgoing connections.
+	ns.Sysctl(e.t, "net.ipv4.ip_local_port_range", "1024 65000")
+	ns.Sysctl(e.t, "net.ipv4.tcp_tw_reuse", "1")
+	uid := "0000-" + testutil.RandomSuffix()
+	podCg := testutil.Cgroup(e.t, e.cgroup, filepath.Join("kubepods", "burstable", "pod"+uid))
+	p := &pod{
+		name: name, ns: ns, cgroup: podCg,
+		app:   testutil.Cgroup(e.t, podCg, "app"),
+		proxy: testutil.Cgroup(e.t, podCg, "istio-proxy"),
+		id:    testutil.CgroupID(e.t, podCg),
+	}
+	if o.inMap {
+		if err := e.dp.UpsertPod(datapath.Pod{CgroupID: p.id, IPv4: ip, Capture: o.capture}); err != nil {
+			e.t.Fatalf("upsert pod %s: %v", name, err)
+		}
+	}
+	if o.sidecar {
+		p.sidecar = testutil.StartSidecar(e.t, testutil.SidecarSpec{
+			Netns: ns, Cgroup: p.proxy, UID: proxyUID, GID: proxyUID,
+			Outbound: int(e.cfg.OutboundPort), Inbound: int(e.cfg.InboundPort),
+		})
+	}
+	return p
+}
+
+// run runs sbpeer in the pod's app container and decodes its JSON output.
+func (p *pod) run(t *testing.T, out any, args ...string) {
+	t.Helper()
+	runIn(t, testutil.ProcSpec{Netns: p.ns, Cgroup: p.app}, out, args...)
+}
+
+func runIn(t *testing.T, spec testutil.ProcSpec, out any, args ...string) {
+	t.Helper()
+	spec.Args = append([]string{bin.sbpeer}, args...)
+	b, err := testutil.Output(t, 10*time.Minute, spec)
+	if err != nil {
+		t.Fatalf("sbpeer %s: %v", strings.Join(args, " "), err)
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		t.Fatalf("sbpeer %s: decode %q: %v", strings.Join(args, " "), b, err)
+	}
+}
+
+func (e *env) stats() map[string]uint64 {
+	e.t.Helper()
+	s, err := e.dp.Stats()
+	if err != nil {
+		e.t.Fatalf("stats: %v", err)
+	}
+	return s
+}
+
+// Results of sbpeer modes.
+type roundtripResult struct {
+	ServerSawPeer string `json:"server_saw_peer"`
+	ServerLocal   string `json:"server_local"`
+	Getpeername   string `json:"getpeername"`
+	Getsockname   string `json:"getsockname"`
+	Bytes         int    `json:"bytes"`
+	Intact        bool   `json:"intact"`
+}
+
+type connsResult struct {
+	OK       int64   `json:"ok"`
+	Failed   int64   `json:"failed"`
+	FirstErr string  `json:"first_error"`
+	PerSec   float64 `json:"per_second"`
+}
+
+type optResult struct {
+	Errno string `json:"errno"`
+	Len   int    `json:"len"`
+	Value string `json:"value"`
+}
+
+type sockoptsResult struct {
+	Getpeername string               `json:"getpeername"`
+	Opts        map[string]optResult `json:"opts"`
+}
+
+func hostOf(addrPort string) string {
+	ap, err := netip.ParseAddrPort(addrPort)
+	if err != nil {
+		return "invalid:" + addrPort
+	}
+	return ap.Addr().String()
+}
+
+func serverAddr() string { return netip.AddrPortFrom(serverIP, serverPort).String() }
