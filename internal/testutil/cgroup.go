@@ -27,6 +27,7 @@ func Cgroup(t TB, parent, name string) string {
 	if err := os.MkdirAll(path, 0o755); err != nil {
 		t.Fatalf("create cgroup %s: %v", path, err)
 	}
+	track(path)
 	t.Cleanup(func() { RemoveCgroup(path) })
 	return path
 }

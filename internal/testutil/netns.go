@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
-	"strings"
 )
 
 // Netns is a named network namespace created with `ip netns add`.
@@ -22,6 +21,7 @@ func (n *Netns) Path() string { return "/run/netns/" + n.Name }
 func NewNetns(t TB, name string) *Netns {
 	t.Helper()
 	Run(t, "ip", "netns", "add", name)
+	trackNetns(name)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
 	n := &Netns{Name: name}
 	n.Exec(t, "ip", "link", "set", "lo", "up")
@@ -84,16 +84,3 @@ func (nw *Network) AddHost(name string, addr netip.Addr) *Netns {
 // Prefix is the name prefix of every namespace of the network.
 func (nw *Network) Prefix() string { return nw.prefix }
 
-// NetnsNames lists the namespaces currently present whose name starts with
-// prefix, for leak checks.
-func NetnsNames(prefix string) []string {
-	out, _ := exec.Command("ip", "netns", "list").Output()
-	var names []string
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 0 && strings.HasPrefix(f[0], prefix) {
-			names = append(names, f[0])
-		}
-	}
-	return names
-}

@@ -7,20 +7,14 @@ import (
 	"sort"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/sockbridge/sockbridge/pkg/policy"
 )
 
-// Pod is one pod's entry in the datapath.
-type Pod struct {
-	// CgroupID is the id of the pod-level cgroup (kubepods/<qos>/pod<uid>).
-	CgroupID uint64 `json:"cgroup_id"`
-	// IPv4 is the pod's IPv4 address; the zero Addr when unknown, in
-	// which case captured connections keep the source the kernel picks.
-	IPv4 netip.Addr `json:"ipv4"`
-	// Capture redirects the pod's outbound TCP to its sidecar.
-	Capture bool `json:"capture"`
-}
+// Pod is one pod's entry in the datapath: its policy.
+type Pod = policy.Pod
 
-func (p Pod) value() connectSbPod {
+func podValue(p Pod) connectSbPod {
 	v := connectSbPod{}
 	if p.IPv4.Is4() {
 		v.Ip4 = ip4ToNet(p.IPv4)
@@ -59,7 +53,7 @@ func (dp *Datapath) UpsertPod(p Pod) error {
 			return err
 		}
 	}
-	if err := dp.maps.SbPods.Put(p.CgroupID, p.value()); err != nil {
+	if err := dp.maps.SbPods.Put(p.CgroupID, podValue(p)); err != nil {
 		return fmt.Errorf("update pod %d: %w", p.CgroupID, err)
 	}
 	if p.IPv4.Is4() {

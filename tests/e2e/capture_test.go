@@ -7,10 +7,7 @@ import (
 	"testing"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
-	"github.com/sockbridge/sockbridge/pkg/cgroups"
 )
-
-func cgroupsRoot() (string, error) { return cgroups.Root() }
 
 var (
 	podAIP = netip.MustParseAddr("10.250.0.2")

@@ -38,24 +38,11 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
-	if leaks := leftovers(); len(leaks) > 0 {
+	if leaks := testutil.Leaks(); len(leaks) > 0 {
 		fmt.Fprintf(os.Stderr, "e2e tests left behind: %s\n", strings.Join(leaks, ", "))
 		code = 1
 	}
 	os.Exit(code)
-}
-
-// leftovers lists namespaces, pin directories and cgroups of the tests that
-// still exist after every cleanup ran.
-func leftovers() []string {
-	leaks := testutil.NetnsNames("sbt")
-	pins, _ := filepath.Glob("/sys/fs/bpf/sockbridge-test-*")
-	leaks = append(leaks, pins...)
-	if root, err := cgroupsRoot(); err == nil {
-		cgs, _ := filepath.Glob(filepath.Join(root, "sockbridge-test-*"))
-		leaks = append(leaks, cgs...)
-	}
-	return leaks
 }
 
 const (
@@ -87,7 +74,7 @@ func newEnv(t *testing.T) *env {
 	e := &env{t: t, dir: t.TempDir()}
 	e.cgroup = testutil.TestCgroup(t)
 	suffix := testutil.RandomSuffix()
-	e.pinDir = "/sys/fs/bpf/sockbridge-test-" + suffix
+	e.pinDir = testutil.PinDir(t)
 	t.Cleanup(func() {
 		if err := datapath.Uninstall(e.pinDir); err != nil {
 			t.Errorf("uninstall: %v", err)

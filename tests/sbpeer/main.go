@@ -126,12 +126,12 @@ func parseHello(line string) (peer, local string) {
 }
 
 type roundtripResult struct {
-	ServerSawPeer  string `json:"server_saw_peer"`
-	ServerLocal    string `json:"server_local"`
-	Getpeername    string `json:"getpeername"`
-	Getsockname    string `json:"getsockname"`
-	Bytes          int    `json:"bytes"`
-	Intact         bool   `json:"intact"`
+	ServerSawPeer  string  `json:"server_saw_peer"`
+	ServerLocal    string  `json:"server_local"`
+	Getpeername    string  `json:"getpeername"`
+	Getsockname    string  `json:"getsockname"`
+	Bytes          int     `json:"bytes"`
+	Intact         bool    `json:"intact"`
 	ElapsedSeconds float64 `json:"elapsed_seconds"`
 }
 
@@ -306,10 +306,10 @@ func sockopts(args []string) error {
 	}
 	res := sockoptsResult{Getpeername: c.RemoteAddr().String(), Opts: map[string]optResult{}}
 	calls := []struct {
-		name          string
-		level, opt    int
-		bufLen        int
-		keepValue     bool
+		name       string
+		level, opt int
+		bufLen     int
+		keepValue  bool
 	}{
 		{"so_rcvbuf", unix.SOL_SOCKET, unix.SO_RCVBUF, 4, true},
 		{"so_type_64k", unix.SOL_SOCKET, unix.SO_TYPE, 64 << 10, true},

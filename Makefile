@@ -1,0 +1,56 @@
+# sockbridge — `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+CLANG ?= clang-19
+STRIP ?= llvm-strip-19
+CLANG_FORMAT ?= clang-format-19
+BIN := bin
+GENERATE_PKGS := ./pkg/datapath/...
+BPF_SOURCES := $(wildcard bpf/*.c bpf/lib/*.h)
+
+.PHONY: help generate build test test-unit test-privileged bench demo format lint check-generated deps clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+generate: ## Regenerate the BPF objects and Go bindings with bpf2go (needs clang-19)
+	BPF2GO_CC=$(CLANG) BPF2GO_STRIP=$(STRIP) $(GO) generate $(GENERATE_PKGS)
+
+build: ## Build bin/sockbridge and bin/sbpeer (no clang needed)
+	$(GO) build -o $(BIN)/sockbridge ./cmd/sockbridge
+	$(GO) build -o $(BIN)/sbpeer ./tests/sbpeer
+
+test-unit: ## Run the unprivileged unit tests
+	$(GO) test -count=1 ./pkg/... ./cmd/... ./internal/...
+
+test-privileged: ## Run the privileged end-to-end tests (root, real kernel; CI=true turns skips into failures)
+	$(GO) test -count=1 -timeout 60m ./tests/...
+
+test: ## Run every test: unit and privileged end-to-end (as root)
+	$(GO) test -count=1 -timeout 75m ./... 2>&1 | tee /tmp/sockbridge-test.log | grep -v '^=== \(RUN\|PAUSE\|CONT\)'; exit $${PIPESTATUS[0]}
+
+demo: build ## Build, probe the kernel and run two demo pods through the datapath with HAProxy as sidecar (root)
+	$(GO) run ./tests/demo
+
+bench: build ## Benchmark direct, explicit proxy, iptables and sockbridge side by side (root)
+	$(GO) run ./tests/bench $(BENCH_ARGS)
+
+format: ## Format Go and C sources
+	gofmt -w $$(git ls-files '*.go')
+	$(CLANG_FORMAT) -i $$(git ls-files 'bpf/*.c' 'bpf/lib/*.h')
+
+lint: ## go vet, gofmt and clang-format checks, no bpf_printk in BPF sources
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	$(CLANG_FORMAT) --dry-run --Werror $$(git ls-files 'bpf/*.c' 'bpf/lib/*.h')
+	@if grep -n 'bpf_printk\|bpf_trace_printk' $$(git ls-files 'bpf/*.c' 'bpf/lib/*.h'); then echo "remove bpf_printk"; exit 1; fi
+
+check-generated: generate ## Fail when the committed bpf2go output differs from a fresh generate
+	@git diff --exit-code --stat -- pkg/ || { echo "generated BPF output is stale: run make generate and commit"; exit 1; }
+	@if [ -n "$$(git status --porcelain -- pkg/)" ]; then git status --porcelain -- pkg/; echo "untracked generated files"; exit 1; fi
+
+deps: ## Install the Debian packages the build, tests, demo and benchmark need (root)
+	scripts/install-deps.sh
+
+clean: ## Remove build output
+	rm -rf $(BIN)
