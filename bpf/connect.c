@@ -22,6 +22,7 @@ const volatile __u16 inbound_skip_ports[SB_MAX_SKIP_PORTS] = { 15008, 15020, 150
 /* Emits the enums shared with Go into BTF so bpf2go -type can see them. */
 static const enum sb_stat sb_stat_btf __attribute__((used));
 static const enum sb_pod_flag sb_pod_flag_btf __attribute__((used));
+static const enum sb_sock_flag sb_sock_flag_btf __attribute__((used));
 
 /* Finds the pod the current task belongs to by looking up each ancestor
  * cgroup of the task in sb_pods. Pod cgroups do not nest, so the first hit

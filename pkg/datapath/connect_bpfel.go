@@ -37,6 +37,14 @@ type connectSbSock struct {
 	Flags uint16
 }
 
+type connectSbSockFlag uint32
+
+const (
+	connectSbSockFlagSB_SOCK_CAPTURED connectSbSockFlag = 1
+	connectSbSockFlagSB_SOCK_SHORTCUT connectSbSockFlag = 2
+	connectSbSockFlagSB_SOCK_ORIGDST  connectSbSockFlag = 4
+)
+
 type connectSbStat uint32
 
 const (

@@ -99,6 +99,7 @@ type Datapath struct {
 	maps  connectMaps
 	colls []*ebpf.Collection
 	links map[string]link.Link
+	iter  *ebpf.Program // iter_socks, not attached until read
 }
 
 // Load loads the programs with cfg's constants, pins their maps under
@@ -160,10 +161,14 @@ func (dp *Datapath) loadCollections() (map[string]*ebpf.Program, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load sockopt spec: %w", err)
 	}
+	iter, err := loadIter()
+	if err != nil {
+		return nil, fmt.Errorf("load iter spec: %w", err)
+	}
 
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dp.cfg.PinDir}}
 	programs := map[string]*ebpf.Program{}
-	for _, spec := range []*ebpf.CollectionSpec{connect, sockops, sockopt} {
+	for _, spec := range []*ebpf.CollectionSpec{connect, sockops, sockopt, iter} {
 		coll, err := ebpf.NewCollectionWithOptions(spec, *opts)
 		if err != nil {
 			return nil, describeLoadError(err, dp.cfg.PinDir)
@@ -176,6 +181,7 @@ func (dp *Datapath) loadCollections() (map[string]*ebpf.Program, error) {
 	if err := dp.colls[0].Assign(&dp.maps); err != nil {
 		return nil, fmt.Errorf("assign maps: %w", err)
 	}
+	dp.iter = programs["iter_socks"]
 	return programs, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
 )
@@ -48,6 +49,32 @@ func TestOutboundCaptureThroughSidecar(t *testing.T) {
 	if s["captured"] != 1 || s["origdst_answered"] < 1 || s["peername_restored"] < 1 {
 		t.Errorf("counters %v: want captured=1, origdst_answered>=1, peername_restored>=1", s)
 	}
+
+	// While a connection is open, its app socket and the sidecar's
+	// accepted socket carry the original destination; the handshake
+	// tuple has already moved into the sidecar's socket.
+	h := testutil.Start(t, testutil.ProcSpec{Netns: a.ns, Cgroup: a.app, Args: []string{bin.sbpeer, "hold", "-addr", serverAddr(), "-for", "30s"}})
+	if !h.WaitOutput("connected", 5*time.Second) {
+		t.Fatalf("hold: %s", h.Output())
+	}
+	flows, err := e.dp.Flows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	roles := map[string]int{}
+	for _, f := range flows {
+		if f.OrigDst.String() != serverAddr() {
+			t.Errorf("flow %+v: original destination, want %s", f, serverAddr())
+		}
+		roles[f.Role]++
+	}
+	if roles["app"] != 1 || roles["sidecar"] != 1 || len(flows) != 2 {
+		t.Errorf("live flows %+v, want one app and one sidecar socket", flows)
+	}
+	if n, err := e.dp.InFlightTuples(); err != nil || n != 0 {
+		t.Errorf("in-flight tuples = %d (%v) on an established connection, want 0", n, err)
+	}
+	h.Stop()
 }
 
 // Processes outside meshed pods, pods absent from the map, pods with

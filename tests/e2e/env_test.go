@@ -68,7 +68,22 @@ type env struct {
 	cfg    datapath.Config
 }
 
+// newEnv builds the world and loads the datapath into it in-process.
 func newEnv(t *testing.T) *env {
+	t.Helper()
+	e := newBareEnv(t)
+	dp, err := datapath.Load(e.cfg)
+	if err != nil {
+		t.Fatalf("load datapath: %v", err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	e.dp = dp
+	return e
+}
+
+// newBareEnv builds the world without loading the datapath: for tests that
+// run the agent binary.
+func newBareEnv(t *testing.T) *env {
 	t.Helper()
 	testutil.RequirePrivileged(t, "haproxy", "bpftool", "ss", "sysctl")
 	e := &env{t: t, dir: t.TempDir()}
@@ -88,12 +103,6 @@ func newEnv(t *testing.T) *env {
 	e.cfg = datapath.IstioDefaults()
 	e.cfg.CgroupPath = e.cgroup
 	e.cfg.PinDir = e.pinDir
-	dp, err := datapath.Load(e.cfg)
-	if err != nil {
-		t.Fatalf("load datapath: %v", err)
-	}
-	t.Cleanup(func() { dp.Close() })
-	e.dp = dp
 	return e
 }
 

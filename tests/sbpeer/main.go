@@ -32,7 +32,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: sbpeer serve|roundtrip|conns|sockopts [flags]")
+		fmt.Fprintln(os.Stderr, "usage: sbpeer serve|roundtrip|conns|sockopts|hold [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -45,8 +45,10 @@ func main() {
 		err = conns(os.Args[2:])
 	case "sockopts":
 		err = sockopts(os.Args[2:])
+	case "hold":
+		err = hold(os.Args[2:])
 	default:
-		err = fmt.Errorf("unknown mode %q (valid: serve, roundtrip, conns, sockopts)", os.Args[1])
+		err = fmt.Errorf("unknown mode %q (valid: serve, roundtrip, conns, sockopts, hold)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sbpeer:", err)
@@ -270,6 +272,26 @@ func oneConn(addr string) (time.Duration, error) {
 		return 0, fmt.Errorf("read echo: %w", err)
 	}
 	return d, nil
+}
+
+// hold connects, prints "connected <local> <peer>" and keeps the connection
+// open for the given time, so a test can look at live state.
+func hold(args []string) error {
+	fs := flag.NewFlagSet("hold", flag.ExitOnError)
+	addr := fs.String("addr", "", "server address")
+	d := fs.Duration("for", 30*time.Second, "how long to keep the connection")
+	fs.Parse(args)
+	c, err := net.DialTimeout("tcp4", *addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := hello(c); err != nil {
+		return err
+	}
+	fmt.Printf("connected %s %s\n", c.LocalAddr(), c.RemoteAddr())
+	time.Sleep(*d)
+	return nil
 }
 
 // optResult is the outcome of one getsockopt call.

@@ -1,0 +1,33 @@
+package testutil
+
+import (
+	"strings"
+	"time"
+)
+
+// ConntrackWatch counts conntrack NEW events in a namespace with
+// `conntrack -E -e NEW`: entries created, which a before/after count of the
+// table misses when TIME_WAIT entries are reused.
+type ConntrackWatch struct {
+	p *Proc
+}
+
+// WatchConntrack starts counting NEW events in ns.
+func WatchConntrack(t TB, ns *Netns) *ConntrackWatch {
+	t.Helper()
+	p := Start(t, ProcSpec{Netns: ns, Args: []string{"conntrack", "-E", "-e", "NEW", "-p", "tcp"}})
+	// conntrack prints nothing when subscribed; give it time to bind.
+	time.Sleep(300 * time.Millisecond)
+	if done, err := p.Exited(); done {
+		t.Fatalf("conntrack -E exited: %v\n%s", err, p.Output())
+	}
+	return &ConntrackWatch{p: p}
+}
+
+// Stop ends the watch and returns the number of NEW events seen.
+func (w *ConntrackWatch) Stop() int {
+	// Let events in flight arrive.
+	time.Sleep(300 * time.Millisecond)
+	w.p.Stop()
+	return strings.Count(w.p.Output(), "[NEW]")
+}
