@@ -10,12 +10,60 @@
  * whose child never appears is deleted when the client socket closes. No
  * per-connection state outlives its sockets.
  *
+ * With splicing on, it also adds both sockets of every captured flow to
+ * sb_sockhash: app <-> sidecar, sidecar <-> sidecar on this node, and the
+ * sidecar's inbound passthrough (from 127.0.0.6) <-> app. Nothing else.
+ *
  * Kernel: sockops 4.13, bpf_sk_storage_get from sockops 5.3,
- * bpf_get_netns_cookie from sockops 5.15, BPF_SOCK_OPS_STATE_CB 4.17.
+ * bpf_get_netns_cookie from sockops 5.15, BPF_SOCK_OPS_STATE_CB 4.17,
+ * bpf_sock_hash_update 4.18.
  */
 #include "lib/sockbridge.h"
 
 #define TCP_CLOSE 7
+
+/* Set from Go: add captured flows' sockets to sb_sockhash. */
+const volatile __u8 splice_enabled = 0;
+
+static __always_inline void splice_add(struct bpf_sock_ops *skops)
+{
+	struct sb_sock_key key = {
+		.local_ip4 = skops->local_ip4,
+		.remote_ip4 = skops->remote_ip4,
+		.local_port = (__u16)skops->local_port,
+		.remote_port = (__u16)bpf_ntohl(skops->remote_port),
+	};
+
+	if (!splice_enabled)
+		return;
+	if (sb_needs_netns(key.local_ip4, key.remote_ip4))
+		key.netns = bpf_get_netns_cookie(skops);
+	if (bpf_sock_hash_update(skops, &sb_sockhash, &key, BPF_ANY)) {
+		sb_count(SB_STAT_SPLICE_ADD_FAILED);
+		return;
+	}
+	sb_count(SB_STAT_SPLICE_ADDED);
+}
+
+/* A connection from Envoy's inbound passthrough address to a captured pod
+ * on this node: the last hop of an inbound flow. */
+static __always_inline int is_passthrough(__u32 client_ip4, __u32 server_ip4)
+{
+	return client_ip4 == bpf_htonl(SB_PASSTHROUGH_IP) && sb_is_captured_pod_ip(server_ip4);
+}
+
+static __always_inline void mark_passthrough(struct bpf_sock_ops *skops, struct bpf_sock *sk)
+{
+	struct sb_sock *s;
+
+	s = bpf_sk_storage_get(&sb_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		sb_count(SB_STAT_STORAGE_FAILED);
+		return;
+	}
+	s->flags = SB_SOCK_PASSTHROUGH;
+	splice_add(skops);
+}
 
 /* The key is the connection as the client sees it; the netns cookie keeps
  * apart pods whose loopback 4-tuples are identical. */
@@ -47,14 +95,18 @@ static __always_inline void active_established(struct bpf_sock_ops *skops, struc
 	struct sb_sock *s;
 
 	s = bpf_sk_storage_get(&sb_socks, sk, 0, 0);
-	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT)))
+	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT))) {
+		if (splice_enabled && is_passthrough(skops->local_ip4, skops->remote_ip4))
+			mark_passthrough(skops, sk);
 		return;
+	}
 	tuple_key(skops, &key, 0);
 	if (bpf_map_update_elem(&sb_tuples, &key, s, BPF_ANY)) {
 		sb_count(SB_STAT_TUPLE_FAILED);
 		return;
 	}
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	splice_add(skops);
 }
 
 static __always_inline void passive_established(struct bpf_sock_ops *skops, struct bpf_sock *sk)
@@ -64,8 +116,11 @@ static __always_inline void passive_established(struct bpf_sock_ops *skops, stru
 
 	tuple_key(skops, &key, 1);
 	orig = bpf_map_lookup_elem(&sb_tuples, &key);
-	if (!orig)
+	if (!orig) {
+		if (splice_enabled && is_passthrough(skops->remote_ip4, skops->local_ip4))
+			mark_passthrough(skops, sk);
 		return;
+	}
 	s = bpf_sk_storage_get(&sb_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!s) {
 		/* Leave the entry: getsockopt falls back to sb_tuples and the
@@ -77,6 +132,7 @@ static __always_inline void passive_established(struct bpf_sock_ops *skops, stru
 	s->port = orig->port;
 	s->flags = SB_SOCK_ORIGDST;
 	bpf_map_delete_elem(&sb_tuples, &key);
+	splice_add(skops);
 }
 
 static __always_inline void state_changed(struct bpf_sock_ops *skops, struct bpf_sock *sk)

@@ -25,6 +25,8 @@
 /* In-flight handshakes only: an entry lives from the client's
  * ACTIVE_ESTABLISHED to the sidecar's PASSIVE_ESTABLISHED. */
 #define SB_MAX_TUPLES 65536
+/* Sockets of live captured flows that can be spliced (two per flow). */
+#define SB_MAX_SPLICED 131072
 /* Deepest cgroup level searched for a pod cgroup (kubepods/<qos>/pod<uid> is
  * level 2 or 3; nested kubelets such as kind add a few more). */
 #define SB_MAX_CGROUP_LEVEL 12
@@ -56,6 +58,7 @@ enum sb_sock_flag {
 	SB_SOCK_CAPTURED = 1 << 0, /* app socket rewritten to the outbound port */
 	SB_SOCK_SHORTCUT = 1 << 1, /* sidecar socket rewritten to a local pod's inbound port */
 	SB_SOCK_ORIGDST = 1 << 2, /* accepted sidecar socket that knows its original dst */
+	SB_SOCK_PASSTHROUGH = 1 << 3, /* sidecar -> app inbound passthrough (127.0.0.6) */
 };
 
 /* Per-socket state in sb_sock (socket local storage, freed with the socket). */
@@ -75,6 +78,16 @@ struct sb_tuple {
 	__u32 pad;
 };
 
+/* Key of sb_sockhash: a socket as it sees itself. */
+struct sb_sock_key {
+	__u64 netns; /* netns cookie when either end is in 127.0.0.0/8, else 0 */
+	__u32 local_ip4; /* network byte order */
+	__u32 remote_ip4; /* network byte order */
+	__u16 local_port; /* host byte order */
+	__u16 remote_port; /* host byte order */
+	__u32 pad;
+};
+
 /* Indexes of sb_stats. */
 enum sb_stat {
 	SB_STAT_CAPTURED = 0, /* connect4: app connection redirected to the sidecar */
@@ -85,6 +98,10 @@ enum sb_stat {
 	SB_STAT_ORIGDST_ANSWERED, /* getsockopt: SO_ORIGINAL_DST answered */
 	SB_STAT_ORIGDST_UNKNOWN, /* getsockopt: SO_ORIGINAL_DST asked on an unknown socket */
 	SB_STAT_PEERNAME_RESTORED, /* getpeername4: original destination returned */
+	SB_STAT_SPLICE_ADDED, /* sockops: socket added to sb_sockhash */
+	SB_STAT_SPLICE_ADD_FAILED, /* sockops: sb_sockhash update failed */
+	SB_STAT_SPLICE_REDIRECTED, /* sk_msg: message redirected to the peer socket */
+	SB_STAT_SPLICE_PASSED, /* sk_msg: no peer in sb_sockhash, message sent over TCP */
 	SB_STAT_MAX,
 };
 
@@ -120,6 +137,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sb_tuples SEC(".maps");
 
+/* Sockets of captured flows whose bytes sk_msg may redirect to their peer.
+ * The kernel removes a socket when it closes. Kernel: sockhash 4.18. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, SB_MAX_SPLICED);
+	__type(key, struct sb_sock_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sb_sockhash SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SB_STAT_MAX);
@@ -140,6 +167,26 @@ static __always_inline void sb_count(__u32 stat)
 static __always_inline int sb_is_loopback(__u32 ip4)
 {
 	return (bpf_ntohl(ip4) & 0xff000000) == SB_LOOPBACK_NET;
+}
+
+/* The netns part of a key: connections with a loopback end are only unique
+ * within their namespace; pod IP to pod IP connections are unique on the
+ * node and may cross namespaces (same-node shortcut). */
+static __always_inline int sb_needs_netns(__u32 a_ip4, __u32 b_ip4)
+{
+	return sb_is_loopback(a_ip4) || sb_is_loopback(b_ip4);
+}
+
+/* Whether ip4 (network byte order) belongs to a captured pod on this node. */
+static __always_inline int sb_is_captured_pod_ip(__u32 ip4)
+{
+	struct sb_pod_ip *pi = bpf_map_lookup_elem(&sb_pod_ips, &ip4);
+	struct sb_pod *pod;
+
+	if (!pi)
+		return 0;
+	pod = bpf_map_lookup_elem(&sb_pods, &pi->cgroup_id);
+	return pod && (pod->flags & SB_POD_CAPTURE);
 }
 
 #endif /* SOCKBRIDGE_H */

@@ -40,10 +40,21 @@ type connectSbSock struct {
 type connectSbSockFlag uint32
 
 const (
-	connectSbSockFlagSB_SOCK_CAPTURED connectSbSockFlag = 1
-	connectSbSockFlagSB_SOCK_SHORTCUT connectSbSockFlag = 2
-	connectSbSockFlagSB_SOCK_ORIGDST  connectSbSockFlag = 4
+	connectSbSockFlagSB_SOCK_CAPTURED    connectSbSockFlag = 1
+	connectSbSockFlagSB_SOCK_SHORTCUT    connectSbSockFlag = 2
+	connectSbSockFlagSB_SOCK_ORIGDST     connectSbSockFlag = 4
+	connectSbSockFlagSB_SOCK_PASSTHROUGH connectSbSockFlag = 8
 )
+
+type connectSbSockKey struct {
+	_          structs.HostLayout
+	Netns      uint64
+	LocalIp4   uint32
+	RemoteIp4  uint32
+	LocalPort  uint16
+	RemotePort uint16
+	Pad        uint32
+}
 
 type connectSbStat uint32
 
@@ -56,7 +67,11 @@ const (
 	connectSbStatSB_STAT_ORIGDST_ANSWERED  connectSbStat = 5
 	connectSbStatSB_STAT_ORIGDST_UNKNOWN   connectSbStat = 6
 	connectSbStatSB_STAT_PEERNAME_RESTORED connectSbStat = 7
-	connectSbStatSB_STAT_MAX               connectSbStat = 8
+	connectSbStatSB_STAT_SPLICE_ADDED      connectSbStat = 8
+	connectSbStatSB_STAT_SPLICE_ADD_FAILED connectSbStat = 9
+	connectSbStatSB_STAT_SPLICE_REDIRECTED connectSbStat = 10
+	connectSbStatSB_STAT_SPLICE_PASSED     connectSbStat = 11
+	connectSbStatSB_STAT_MAX               connectSbStat = 12
 )
 
 type connectSbTuple struct {
@@ -75,6 +90,7 @@ type connectSbTuple struct {
 const (
 	connectMapSbPodIps             = "sb_pod_ips"
 	connectMapSbPods               = "sb_pods"
+	connectMapSbSockhash           = "sb_sockhash"
 	connectMapSbSocks              = "sb_socks"
 	connectMapSbStats              = "sb_stats"
 	connectMapSbTuples             = "sb_tuples"
@@ -137,11 +153,12 @@ type connectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectMapSpecs struct {
-	SbPodIps *ebpf.MapSpec `ebpf:"sb_pod_ips"`
-	SbPods   *ebpf.MapSpec `ebpf:"sb_pods"`
-	SbSocks  *ebpf.MapSpec `ebpf:"sb_socks"`
-	SbStats  *ebpf.MapSpec `ebpf:"sb_stats"`
-	SbTuples *ebpf.MapSpec `ebpf:"sb_tuples"`
+	SbPodIps   *ebpf.MapSpec `ebpf:"sb_pod_ips"`
+	SbPods     *ebpf.MapSpec `ebpf:"sb_pods"`
+	SbSockhash *ebpf.MapSpec `ebpf:"sb_sockhash"`
+	SbSocks    *ebpf.MapSpec `ebpf:"sb_socks"`
+	SbStats    *ebpf.MapSpec `ebpf:"sb_stats"`
+	SbTuples   *ebpf.MapSpec `ebpf:"sb_tuples"`
 }
 
 // connectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -175,17 +192,19 @@ func (o *connectObjects) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectMaps struct {
-	SbPodIps *ebpf.Map `ebpf:"sb_pod_ips"`
-	SbPods   *ebpf.Map `ebpf:"sb_pods"`
-	SbSocks  *ebpf.Map `ebpf:"sb_socks"`
-	SbStats  *ebpf.Map `ebpf:"sb_stats"`
-	SbTuples *ebpf.Map `ebpf:"sb_tuples"`
+	SbPodIps   *ebpf.Map `ebpf:"sb_pod_ips"`
+	SbPods     *ebpf.Map `ebpf:"sb_pods"`
+	SbSockhash *ebpf.Map `ebpf:"sb_sockhash"`
+	SbSocks    *ebpf.Map `ebpf:"sb_socks"`
+	SbStats    *ebpf.Map `ebpf:"sb_stats"`
+	SbTuples   *ebpf.Map `ebpf:"sb_tuples"`
 }
 
 func (m *connectMaps) Close() error {
 	return _ConnectClose(
 		m.SbPodIps,
 		m.SbPods,
+		m.SbSockhash,
 		m.SbSocks,
 		m.SbStats,
 		m.SbTuples,

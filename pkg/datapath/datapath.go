@@ -45,7 +45,13 @@ type Config struct {
 	OutboundPort, InboundPort uint16
 	// InboundSkipPorts are never redirected to InboundPort (at most 8).
 	InboundSkipPorts []uint16
-	Log              logrus.FieldLogger
+	// Splice adds the sockets of captured flows to a sockhash and
+	// redirects their bytes with sk_msg (kernel 5.15 for the netns-aware
+	// keys). Off, no socket enters the sockhash. Sidecars that use
+	// splice(2) (io.Copy between Go TCP conns, HAProxy's splice-*
+	// options) must run with it off.
+	Splice bool
+	Log    logrus.FieldLogger
 }
 
 // IstioDefaults returns Istio's ports and sidecar identity.
@@ -134,6 +140,10 @@ func Load(cfg Config) (_ *Datapath, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// The splice program goes on the sockhash before sockops can fill it.
+	if err := dp.setSplice(programs["skmsg_splice"]); err != nil {
+		return nil, err
+	}
 	for _, p := range attachments {
 		l, err := attach(cfg, cgroupID, p, programs[p.name])
 		if err != nil {
@@ -142,6 +152,50 @@ func Load(cfg Config) (_ *Datapath, err error) {
 		dp.links[p.name] = l
 	}
 	return dp, nil
+}
+
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// setSplice attaches prog to sb_sockhash as its sk_msg verdict program
+// (replacing one a previous agent attached), or, with splicing off,
+// detaches whatever is attached there. The attachment lives as long as the
+// pinned map.
+func (dp *Datapath) setSplice(prog *ebpf.Program) error {
+	sockhash := dp.maps.SbSockhash
+	if dp.cfg.Splice {
+		if prog == nil {
+			return errors.New("attach skmsg_splice: program missing from the BPF objects")
+		}
+		err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: sockhash.FD(), Program: prog, Attach: ebpf.AttachSkMsgVerdict})
+		if err != nil {
+			return fmt.Errorf("attach skmsg_splice to sb_sockhash: %w", err)
+		}
+		return nil
+	}
+	res, err := link.QueryPrograms(link.QueryOptions{Target: sockhash.FD(), Attach: ebpf.AttachSkMsgVerdict})
+	if err != nil {
+		// Querying sockmap programs needs kernel 6.0; nothing was
+		// attached by this agent in that case.
+		dp.cfg.Log.WithError(err).Debug("query sk_msg programs on sb_sockhash")
+		return nil
+	}
+	for _, ap := range res.Programs {
+		old, err := ebpf.NewProgramFromID(ap.ID)
+		if err != nil {
+			return fmt.Errorf("open attached sk_msg program %d: %w", ap.ID, err)
+		}
+		err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: sockhash.FD(), Program: old, Attach: ebpf.AttachSkMsgVerdict})
+		old.Close()
+		if err != nil {
+			return fmt.Errorf("detach sk_msg program %d from sb_sockhash: %w", ap.ID, err)
+		}
+	}
+	return nil
 }
 
 // loadCollections loads every object and returns its programs by name.
@@ -161,14 +215,21 @@ func (dp *Datapath) loadCollections() (map[string]*ebpf.Program, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load sockopt spec: %w", err)
 	}
+	if err := sockops.Variables["splice_enabled"].Set(boolByte(dp.cfg.Splice)); err != nil {
+		return nil, fmt.Errorf("set constant splice_enabled: %w", err)
+	}
 	iter, err := loadIter()
 	if err != nil {
 		return nil, fmt.Errorf("load iter spec: %w", err)
 	}
+	skmsg, err := loadSkmsg()
+	if err != nil {
+		return nil, fmt.Errorf("load skmsg spec: %w", err)
+	}
 
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dp.cfg.PinDir}}
 	programs := map[string]*ebpf.Program{}
-	for _, spec := range []*ebpf.CollectionSpec{connect, sockops, sockopt, iter} {
+	for _, spec := range []*ebpf.CollectionSpec{connect, sockops, sockopt, iter, skmsg} {
 		coll, err := ebpf.NewCollectionWithOptions(spec, *opts)
 		if err != nil {
 			return nil, describeLoadError(err, dp.cfg.PinDir)

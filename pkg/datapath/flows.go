@@ -16,7 +16,8 @@ type Flow struct {
 	// OrigDst is the destination the app dialled.
 	OrigDst netip.AddrPort `json:"orig_dst"`
 	// Role: "app" (captured connect), "shortcut" (sidecar to a local
-	// pod's inbound port) or "sidecar" (accepted by the sidecar).
+	// pod's inbound port), "sidecar" (accepted by the sidecar) or
+	// "passthrough" (either end of the sidecar's inbound passthrough).
 	Role string `json:"role"`
 }
 
@@ -80,6 +81,8 @@ func flowRole(flags uint16) string {
 		return "shortcut"
 	case flags&uint16(connectSbSockFlagSB_SOCK_ORIGDST) != 0:
 		return "sidecar"
+	case flags&uint16(connectSbSockFlagSB_SOCK_PASSTHROUGH) != 0:
+		return "passthrough"
 	}
 	return fmt.Sprintf("flags=%#x", flags)
 }

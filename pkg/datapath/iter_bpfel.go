@@ -18,6 +18,7 @@ import (
 const (
 	iterMapSbPodIps   = "sb_pod_ips"
 	iterMapSbPods     = "sb_pods"
+	iterMapSbSockhash = "sb_sockhash"
 	iterMapSbSocks    = "sb_socks"
 	iterMapSbStats    = "sb_stats"
 	iterMapSbTuples   = "sb_tuples"
@@ -73,11 +74,12 @@ type iterProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type iterMapSpecs struct {
-	SbPodIps *ebpf.MapSpec `ebpf:"sb_pod_ips"`
-	SbPods   *ebpf.MapSpec `ebpf:"sb_pods"`
-	SbSocks  *ebpf.MapSpec `ebpf:"sb_socks"`
-	SbStats  *ebpf.MapSpec `ebpf:"sb_stats"`
-	SbTuples *ebpf.MapSpec `ebpf:"sb_tuples"`
+	SbPodIps   *ebpf.MapSpec `ebpf:"sb_pod_ips"`
+	SbPods     *ebpf.MapSpec `ebpf:"sb_pods"`
+	SbSockhash *ebpf.MapSpec `ebpf:"sb_sockhash"`
+	SbSocks    *ebpf.MapSpec `ebpf:"sb_socks"`
+	SbStats    *ebpf.MapSpec `ebpf:"sb_stats"`
+	SbTuples   *ebpf.MapSpec `ebpf:"sb_tuples"`
 }
 
 // iterVariableSpecs contains global variables before they are loaded into the kernel.
@@ -106,17 +108,19 @@ func (o *iterObjects) Close() error {
 //
 // It can be passed to loadIterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type iterMaps struct {
-	SbPodIps *ebpf.Map `ebpf:"sb_pod_ips"`
-	SbPods   *ebpf.Map `ebpf:"sb_pods"`
-	SbSocks  *ebpf.Map `ebpf:"sb_socks"`
-	SbStats  *ebpf.Map `ebpf:"sb_stats"`
-	SbTuples *ebpf.Map `ebpf:"sb_tuples"`
+	SbPodIps   *ebpf.Map `ebpf:"sb_pod_ips"`
+	SbPods     *ebpf.Map `ebpf:"sb_pods"`
+	SbSockhash *ebpf.Map `ebpf:"sb_sockhash"`
+	SbSocks    *ebpf.Map `ebpf:"sb_socks"`
+	SbStats    *ebpf.Map `ebpf:"sb_stats"`
+	SbTuples   *ebpf.Map `ebpf:"sb_tuples"`
 }
 
 func (m *iterMaps) Close() error {
 	return _IterClose(
 		m.SbPodIps,
 		m.SbPods,
+		m.SbSockhash,
 		m.SbSocks,
 		m.SbStats,
 		m.SbTuples,

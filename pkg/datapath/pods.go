@@ -163,6 +163,23 @@ func (dp *Datapath) InFlightTuples() (int, error) {
 	return n, nil
 }
 
+// SplicedSockets counts the sockets in sb_sockhash (two per spliced flow).
+func (dp *Datapath) SplicedSockets() (int, error) {
+	var (
+		k connectSbSockKey
+		v uint64
+		n int
+	)
+	it := dp.maps.SbSockhash.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("iterate sockhash: %w", err)
+	}
+	return n, nil
+}
+
 // Stats returns the datapath counters summed over CPUs, by name.
 func (dp *Datapath) Stats() (map[string]uint64, error) {
 	return readStats(dp.maps.SbStats)
@@ -178,6 +195,10 @@ var statNames = map[connectSbStat]string{
 	connectSbStatSB_STAT_ORIGDST_ANSWERED:  "origdst_answered",
 	connectSbStatSB_STAT_ORIGDST_UNKNOWN:   "origdst_unknown",
 	connectSbStatSB_STAT_PEERNAME_RESTORED: "peername_restored",
+	connectSbStatSB_STAT_SPLICE_ADDED:      "splice_added",
+	connectSbStatSB_STAT_SPLICE_ADD_FAILED: "splice_add_failed",
+	connectSbStatSB_STAT_SPLICE_REDIRECTED: "splice_redirected",
+	connectSbStatSB_STAT_SPLICE_PASSED:     "splice_passed",
 }
 
 func readStats(m *ebpf.Map) (map[string]uint64, error) {

@@ -18,10 +18,12 @@ import (
 const (
 	sockopsMapSbPodIps      = "sb_pod_ips"
 	sockopsMapSbPods        = "sb_pods"
+	sockopsMapSbSockhash    = "sb_sockhash"
 	sockopsMapSbSocks       = "sb_socks"
 	sockopsMapSbStats       = "sb_stats"
 	sockopsMapSbTuples      = "sb_tuples"
 	sockopsProgSockopsTrack = "sockops_track"
+	sockopsVarSpliceEnabled = "splice_enabled"
 )
 
 // loadSockops returns the embedded CollectionSpec for sockops.
@@ -73,17 +75,19 @@ type sockopsProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockopsMapSpecs struct {
-	SbPodIps *ebpf.MapSpec `ebpf:"sb_pod_ips"`
-	SbPods   *ebpf.MapSpec `ebpf:"sb_pods"`
-	SbSocks  *ebpf.MapSpec `ebpf:"sb_socks"`
-	SbStats  *ebpf.MapSpec `ebpf:"sb_stats"`
-	SbTuples *ebpf.MapSpec `ebpf:"sb_tuples"`
+	SbPodIps   *ebpf.MapSpec `ebpf:"sb_pod_ips"`
+	SbPods     *ebpf.MapSpec `ebpf:"sb_pods"`
+	SbSockhash *ebpf.MapSpec `ebpf:"sb_sockhash"`
+	SbSocks    *ebpf.MapSpec `ebpf:"sb_socks"`
+	SbStats    *ebpf.MapSpec `ebpf:"sb_stats"`
+	SbTuples   *ebpf.MapSpec `ebpf:"sb_tuples"`
 }
 
 // sockopsVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockopsVariableSpecs struct {
+	SpliceEnabled *ebpf.VariableSpec `ebpf:"splice_enabled"`
 }
 
 // sockopsObjects contains all objects after they have been loaded into the kernel.
@@ -106,17 +110,19 @@ func (o *sockopsObjects) Close() error {
 //
 // It can be passed to loadSockopsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockopsMaps struct {
-	SbPodIps *ebpf.Map `ebpf:"sb_pod_ips"`
-	SbPods   *ebpf.Map `ebpf:"sb_pods"`
-	SbSocks  *ebpf.Map `ebpf:"sb_socks"`
-	SbStats  *ebpf.Map `ebpf:"sb_stats"`
-	SbTuples *ebpf.Map `ebpf:"sb_tuples"`
+	SbPodIps   *ebpf.Map `ebpf:"sb_pod_ips"`
+	SbPods     *ebpf.Map `ebpf:"sb_pods"`
+	SbSockhash *ebpf.Map `ebpf:"sb_sockhash"`
+	SbSocks    *ebpf.Map `ebpf:"sb_socks"`
+	SbStats    *ebpf.Map `ebpf:"sb_stats"`
+	SbTuples   *ebpf.Map `ebpf:"sb_tuples"`
 }
 
 func (m *sockopsMaps) Close() error {
 	return _SockopsClose(
 		m.SbPodIps,
 		m.SbPods,
+		m.SbSockhash,
 		m.SbSocks,
 		m.SbStats,
 		m.SbTuples,
@@ -127,6 +133,7 @@ func (m *sockopsMaps) Close() error {
 //
 // It can be passed to loadSockopsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockopsVariables struct {
+	SpliceEnabled *ebpf.Variable `ebpf:"splice_enabled"`
 }
 
 // sockopsPrograms contains all programs after they have been loaded into the kernel.

@@ -18,6 +18,7 @@ import (
 const (
 	sockoptMapSbPodIps           = "sb_pod_ips"
 	sockoptMapSbPods             = "sb_pods"
+	sockoptMapSbSockhash         = "sb_sockhash"
 	sockoptMapSbSocks            = "sb_socks"
 	sockoptMapSbStats            = "sb_stats"
 	sockoptMapSbTuples           = "sb_tuples"
@@ -73,11 +74,12 @@ type sockoptProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockoptMapSpecs struct {
-	SbPodIps *ebpf.MapSpec `ebpf:"sb_pod_ips"`
-	SbPods   *ebpf.MapSpec `ebpf:"sb_pods"`
-	SbSocks  *ebpf.MapSpec `ebpf:"sb_socks"`
-	SbStats  *ebpf.MapSpec `ebpf:"sb_stats"`
-	SbTuples *ebpf.MapSpec `ebpf:"sb_tuples"`
+	SbPodIps   *ebpf.MapSpec `ebpf:"sb_pod_ips"`
+	SbPods     *ebpf.MapSpec `ebpf:"sb_pods"`
+	SbSockhash *ebpf.MapSpec `ebpf:"sb_sockhash"`
+	SbSocks    *ebpf.MapSpec `ebpf:"sb_socks"`
+	SbStats    *ebpf.MapSpec `ebpf:"sb_stats"`
+	SbTuples   *ebpf.MapSpec `ebpf:"sb_tuples"`
 }
 
 // sockoptVariableSpecs contains global variables before they are loaded into the kernel.
@@ -106,17 +108,19 @@ func (o *sockoptObjects) Close() error {
 //
 // It can be passed to loadSockoptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockoptMaps struct {
-	SbPodIps *ebpf.Map `ebpf:"sb_pod_ips"`
-	SbPods   *ebpf.Map `ebpf:"sb_pods"`
-	SbSocks  *ebpf.Map `ebpf:"sb_socks"`
-	SbStats  *ebpf.Map `ebpf:"sb_stats"`
-	SbTuples *ebpf.Map `ebpf:"sb_tuples"`
+	SbPodIps   *ebpf.Map `ebpf:"sb_pod_ips"`
+	SbPods     *ebpf.Map `ebpf:"sb_pods"`
+	SbSockhash *ebpf.Map `ebpf:"sb_sockhash"`
+	SbSocks    *ebpf.Map `ebpf:"sb_socks"`
+	SbStats    *ebpf.Map `ebpf:"sb_stats"`
+	SbTuples   *ebpf.Map `ebpf:"sb_tuples"`
 }
 
 func (m *sockoptMaps) Close() error {
 	return _SockoptClose(
 		m.SbPodIps,
 		m.SbPods,
+		m.SbSockhash,
 		m.SbSocks,
 		m.SbStats,
 		m.SbTuples,

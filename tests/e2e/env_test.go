@@ -17,6 +17,7 @@ import (
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
+	"github.com/sockbridge/sockbridge/pkg/policy"
 )
 
 // Binaries built once for the package.
@@ -24,6 +25,9 @@ var bin struct{ sbpeer, sockbridge string }
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "sockbridge-e2e-bin-")
+	if err == nil {
+		err = os.Chmod(dir, 0o755) // sbpeer also runs as the proxy uid
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -50,6 +54,9 @@ const (
 	proxyUID   = 1337
 )
 
+// The policy of a meshed pod without annotations.
+var outboundAll, inboundAll = policy.CaptureAll()
+
 var (
 	subnet   = netip.MustParsePrefix("10.250.0.0/24")
 	serverIP = netip.MustParseAddr("10.250.0.1")
@@ -71,7 +78,14 @@ type env struct {
 // newEnv builds the world and loads the datapath into it in-process.
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvWith(t, func(*datapath.Config) {})
+}
+
+// newEnvWith is newEnv with the datapath configuration changed by edit.
+func newEnvWith(t *testing.T, edit func(*datapath.Config)) *env {
+	t.Helper()
 	e := newBareEnv(t)
+	edit(&e.cfg)
 	dp, err := datapath.Load(e.cfg)
 	if err != nil {
 		t.Fatalf("load datapath: %v", err)
@@ -141,7 +155,7 @@ func (e *env) addPod(name string, ip netip.Addr, o podOpts) *pod {
 		id:    testutil.CgroupID(e.t, podCg),
 	}
 	if o.inMap {
-		if err := e.dp.UpsertPod(datapath.Pod{CgroupID: p.id, IPv4: ip, Capture: o.capture}); err != nil {
+		if err := e.dp.UpsertPod(datapath.Pod{CgroupID: p.id, IPv4: ip, Capture: o.capture, Outbound: outboundAll, Inbound: inboundAll}); err != nil {
 			e.t.Fatalf("upsert pod %s: %v", name, err)
 		}
 	}
@@ -189,6 +203,11 @@ type roundtripResult struct {
 	Getsockname   string `json:"getsockname"`
 	Bytes         int    `json:"bytes"`
 	Intact        bool   `json:"intact"`
+}
+
+type resetResult struct {
+	Error string `json:"error"`
+	Sent  int64  `json:"sent"`
 }
 
 type connsResult struct {

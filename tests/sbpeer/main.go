@@ -13,7 +13,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -47,6 +46,14 @@ func main() {
 		err = sockopts(os.Args[2:])
 	case "hold":
 		err = hold(os.Args[2:])
+	case "stream":
+		err = stream(os.Args[2:])
+	case "reset":
+		err = reset(os.Args[2:])
+	case "gosidecar":
+		err = gosidecar(os.Args[2:])
+	case "sink", "reqresp", "bulk": // benchmark modes, bench.go
+		err = benchMode(os.Args[1], os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown mode %q (valid: serve, roundtrip, conns, sockopts, hold)", os.Args[1])
 	}
@@ -63,6 +70,7 @@ func emit(v any) error { return json.NewEncoder(os.Stdout).Encode(v) }
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	listen := fs.String("listen", "0.0.0.0:8080", "address to listen on")
+	resetAfter := fs.Int64("reset-after", 0, "reset each connection (SO_LINGER 0) after echoing this many bytes; 0 never")
 	fs.Parse(args)
 	ln, err := net.Listen("tcp4", *listen)
 	if err != nil {
@@ -77,6 +85,10 @@ func serve(args []string) error {
 		go func() {
 			defer c.Close()
 			fmt.Fprintf(c, "peer=%s local=%s\n", c.RemoteAddr(), c.LocalAddr())
+			if *resetAfter > 0 {
+				echoThenReset(c.(*net.TCPConn), *resetAfter)
+				return
+			}
 			echo(c)
 		}()
 	}
@@ -97,20 +109,42 @@ func echo(c net.Conn) {
 	}
 }
 
+// echoThenReset echoes limit bytes, then resets the connection.
+func echoThenReset(c *net.TCPConn, limit int64) {
+	buf := make([]byte, 64<<10)
+	for done := int64(0); done < limit; {
+		n, err := c.Read(buf[:min(int64(len(buf)), limit-done)])
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+			done += int64(n)
+		}
+		if err != nil {
+			return
+		}
+	}
+	c.SetLinger(0)
+}
+
 // hello reads the server's first line.
-func hello(c net.Conn) (string, error) {
+func hello(c net.Conn) (string, error) { return readLine(c, "hello") }
+
+// readLine reads one short line byte by byte, so nothing after it is
+// consumed.
+func readLine(c net.Conn, what string) (string, error) {
 	var line []byte
 	b := make([]byte, 1)
 	for {
 		if _, err := c.Read(b); err != nil {
-			return "", fmt.Errorf("read hello: %w", err)
+			return "", fmt.Errorf("read %s: %w", what, err)
 		}
 		if b[0] == '\n' {
 			return string(line), nil
 		}
 		line = append(line, b[0])
 		if len(line) > 256 {
-			return "", errors.New("hello line too long")
+			return "", fmt.Errorf("%s line too long", what)
 		}
 	}
 }
@@ -358,6 +392,8 @@ func sockopts(args []string) error {
 	}
 	return emit(res)
 }
+
+func unsafePointer[T any](p *T) unsafe.Pointer { return unsafe.Pointer(p) }
 
 func errnoName(e syscall.Errno) string {
 	if e == 0 {

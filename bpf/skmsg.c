@@ -1,0 +1,40 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * sk_msg: splices the bytes of a captured flow straight into the peer
+ * socket's receive queue (bpf_msg_redirect_hash with BPF_F_INGRESS), so
+ * app <-> sidecar traffic skips the loopback TCP/IP stack. A message whose
+ * peer is not (yet) in sb_sockhash goes the normal TCP way.
+ *
+ * Hazard: redirected bytes bypass the receiver's TCP receive queue, so
+ * splice(2) on the receiving socket never sees them; a proxy that splices
+ * (Go's io.Copy between TCP conns, HAProxy's splice-* options) stalls.
+ * Splicing is therefore a switch in the agent.
+ *
+ * Kernel: sk_msg and sockhash 4.18, bpf_get_netns_cookie from sk_msg 5.15.
+ */
+#include "lib/sockbridge.h"
+
+SEC("sk_msg")
+int skmsg_splice(struct sk_msg_md *msg)
+{
+	struct sb_sock_key peer = {
+		.local_ip4 = msg->remote_ip4,
+		.remote_ip4 = msg->local_ip4,
+		.local_port = (__u16)bpf_ntohl(msg->remote_port),
+		.remote_port = (__u16)msg->local_port,
+	};
+
+	if (msg->family != SB_AF_INET)
+		return SK_PASS;
+	if (sb_needs_netns(peer.local_ip4, peer.remote_ip4))
+		peer.netns = bpf_get_netns_cookie(msg);
+	if (bpf_msg_redirect_hash(msg, &sb_sockhash, &peer, BPF_F_INGRESS) == SK_PASS) {
+		sb_count(SB_STAT_SPLICE_REDIRECTED);
+		return SK_PASS;
+	}
+	/* No peer: the helper redirected nothing, the message takes TCP. */
+	sb_count(SB_STAT_SPLICE_PASSED);
+	return SK_PASS;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

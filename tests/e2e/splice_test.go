@@ -1,0 +1,217 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sockbridge/sockbridge/internal/testutil"
+	"github.com/sockbridge/sockbridge/pkg/datapath"
+)
+
+func withSplice(on bool) func(*datapath.Config) {
+	return func(c *datapath.Config) { c.Splice = on }
+}
+
+// With splicing on, every payload size arrives intact through HAProxy
+// (which reads and writes, no splice(2)), and the bytes really were
+// redirected by sk_msg.
+func TestSpliceCorrectness(t *testing.T) {
+	e := newEnvWith(t, withSplice(true))
+	a := e.addPod("a", podAIP, podOpts{inMap: true, capture: true, sidecar: true})
+	// A second server that resets each connection after 64 KiB.
+	testutil.Start(t, testutil.ProcSpec{Netns: e.server, Args: []string{bin.sbpeer, "serve", "-listen", "0.0.0.0:8081", "-reset-after", "65536"}})
+	testutil.WaitListening(t, e.server, 8081)
+
+	for _, size := range []int{1, 100, 4096, 65536, 1 << 20, 4 << 20} {
+		t.Run(fmt.Sprintf("payload %d B", size), func(t *testing.T) {
+			var r roundtripResult
+			a.run(t, &r, "stream", "-addr", serverAddr(), "-bytes", strconv.Itoa(size))
+			if !r.Intact || r.Getpeername != serverAddr() {
+				t.Errorf("%+v", r)
+			}
+		})
+	}
+	t.Run("writes larger than the socket buffer", func(t *testing.T) {
+		var r roundtripResult
+		a.run(t, &r, "stream", "-addr", serverAddr(), "-bytes", strconv.Itoa(16<<20), "-chunk", strconv.Itoa(8<<20))
+		if !r.Intact {
+			t.Errorf("%+v", r)
+		}
+	})
+	t.Run("many concurrent connections", func(t *testing.T) {
+		var r connsResult
+		a.run(t, &r, "conns", "-addr", serverAddr(), "-n", "3000", "-parallel", "64")
+		if r.OK != 3000 {
+			t.Errorf("%+v", r)
+		}
+	})
+	t.Run("half-close", func(t *testing.T) {
+		// stream half-closes after sending and reads the echo to EOF.
+		var r roundtripResult
+		a.run(t, &r, "stream", "-addr", serverAddr(), "-bytes", "300000", "-pause", "100ms")
+		if !r.Intact {
+			t.Errorf("%+v", r)
+		}
+	})
+	t.Run("reset by the server", func(t *testing.T) {
+		var r resetResult
+		a.run(t, &r, "reset", "-addr", netip.AddrPortFrom(serverIP, 8081).String())
+		if strings.HasPrefix(r.Error, "timeout") || r.Error == "" {
+			t.Errorf("the client did not see the reset: %+v", r)
+		}
+	})
+	t.Run("reset by the client", func(t *testing.T) {
+		var r resetResult
+		a.run(t, &r, "reset", "-addr", serverAddr(), "-abort", "-bytes", "1000000")
+		if r.Error != "aborted" {
+			t.Errorf("%+v", r)
+		}
+		// The sidecar survives and serves the next connection.
+		var rt roundtripResult
+		a.run(t, &rt, "stream", "-addr", serverAddr(), "-bytes", "65536")
+		if !rt.Intact {
+			t.Errorf("after a client reset: %+v", rt)
+		}
+	})
+
+	s := e.stats()
+	t.Logf("counters: %v", s)
+	if s["splice_redirected"] == 0 || s["splice_added"] == 0 {
+		t.Errorf("nothing was spliced: %v", s)
+	}
+	if s["splice_add_failed"] != 0 {
+		t.Errorf("splice_add_failed = %d", s["splice_add_failed"])
+	}
+
+	t.Run("sidecar killed mid-stream", func(t *testing.T) {
+		spec := testutil.ProcSpec{Netns: a.ns, Cgroup: a.app, Args: []string{bin.sbpeer, "reset", "-addr", serverAddr()}}
+		streaming := testutil.Start(t, spec)
+		time.Sleep(500 * time.Millisecond)
+		a.sidecar.Stop()
+		if !streaming.WaitOutput(`"error"`, 10*time.Second) {
+			t.Fatalf("client still streaming 10 s after the sidecar died: %s", streaming.Output())
+		}
+		var r resetResult
+		json.Unmarshal([]byte(streaming.Output()), &r)
+		if strings.HasPrefix(r.Error, "timeout") {
+			t.Errorf("client hung until its timeout: %+v", r)
+		}
+	})
+
+	waitNoFlows(t, e)
+}
+
+// waitNoFlows waits until no socket carries sockbridge state and nothing is
+// left in the sockhash.
+func waitNoFlows(t *testing.T, e *env) {
+	t.Helper()
+	var live, spliced int
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if live, err = e.dp.LiveSockets(); err != nil {
+			t.Fatal(err)
+		}
+		if spliced, err = e.dp.SplicedSockets(); err != nil {
+			t.Fatal(err)
+		}
+		if live == 0 && spliced == 0 {
+			return
+		}
+	}
+	t.Errorf("after every connection closed: %d sockets with state, %d in the sockhash", live, spliced)
+}
+
+// Two pods open connections with identical loopback 4-tuples
+// (127.0.0.1:40000 -> 127.0.0.1:15001, each in its own netns) at the same
+// time, to different servers: each gets its own bytes and its own original
+// destination.
+func TestSpliceNoCrossPodCollision(t *testing.T) {
+	e := newEnvWith(t, withSplice(true))
+	// No pod IP in the map: the source stays what the app bound.
+	a := e.addPod("a", podAIP, podOpts{sidecar: true})
+	b := e.addPod("b", podBIP, podOpts{sidecar: true})
+	for _, p := range []*pod{a, b} {
+		if err := e.dp.UpsertPod(datapath.Pod{CgroupID: p.id, Capture: true, Outbound: outboundAll, Inbound: inboundAll}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.Start(t, testutil.ProcSpec{Netns: e.server, Args: []string{bin.sbpeer, "serve", "-listen", "0.0.0.0:8081"}})
+	testutil.WaitListening(t, e.server, 8081)
+
+	targets := map[*pod]string{a: serverAddr(), b: netip.AddrPortFrom(serverIP, 8081).String()}
+	results := map[*pod]*roundtripResult{}
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+	)
+	for p, target := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var r roundtripResult
+			p.run(t, &r, "stream", "-addr", target, "-bind", "127.0.0.1:40000", "-pause", "1s", "-bytes", strconv.Itoa(8<<20))
+			mu.Lock()
+			results[p] = &r
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	for p, target := range targets {
+		r := results[p]
+		if r == nil {
+			t.Fatalf("pod %s: no result", p.name)
+		}
+		if r.Getsockname != "127.0.0.1:40000" {
+			t.Errorf("pod %s: source %s, want 127.0.0.1:40000 (identical tuples in both pods)", p.name, r.Getsockname)
+		}
+		if !r.Intact {
+			t.Errorf("pod %s: 8 MiB not intact: %+v", p.name, r)
+		}
+		if r.ServerLocal != target || r.Getpeername != target {
+			t.Errorf("pod %s: reached %s (getpeername %s), want %s", p.name, r.ServerLocal, r.Getpeername, target)
+		}
+	}
+	if s := e.stats(); s["splice_redirected"] == 0 {
+		t.Errorf("nothing was spliced: %v", s)
+	}
+	waitNoFlows(t, e)
+}
+
+// A sidecar that copies with splice(2) (Go's io.Copy between TCP conns)
+// works with splicing off. With splicing on, the bytes sk_msg redirects are
+// invisible to splice(2): the test records what happens.
+func TestSpliceHazardGoProxy(t *testing.T) {
+	for _, splice := range []bool{false, true} {
+		t.Run(fmt.Sprintf("splice=%v", splice), func(t *testing.T) {
+			e := newEnvWith(t, withSplice(splice))
+			a := e.addPod("a", podAIP, podOpts{inMap: true, capture: true})
+			proxy := testutil.Start(t, testutil.ProcSpec{Netns: a.ns, Cgroup: a.proxy, UID: testutil.Int(proxyUID), GID: testutil.Int(proxyUID),
+				Args: []string{bin.sbpeer, "gosidecar", "-listen", "127.0.0.1:15001"}})
+			testutil.WaitListening(t, a.ns, 15001)
+			spec := testutil.ProcSpec{Netns: a.ns, Cgroup: a.app, Args: []string{bin.sbpeer, "stream", "-addr", serverAddr(), "-bytes", "262144", "-timeout", "5s"}}
+			out, err := testutil.Output(t, 30*time.Second, spec)
+			var r roundtripResult
+			if err == nil {
+				json.Unmarshal(out, &r)
+			}
+			if !splice {
+				if err != nil || !r.Intact {
+					t.Fatalf("Go io.Copy proxy with splicing off: %v %+v\n%s", err, r, proxy.Output())
+				}
+				return
+			}
+			// Seen on 6.18: the transfer ends early with data missing
+			// (intact=false); elsewhere it stalls until the timeout.
+			t.Logf("Go io.Copy proxy with splicing on: err=%v intact=%v (splice(2) does not see sk_msg data: expect a stall or a truncated stream)", err, r.Intact)
+			if err == nil && r.Intact {
+				t.Logf("note: this kernel delivered spliced data to splice(2); the hazard may be fixed here")
+			}
+		})
+	}
+}
