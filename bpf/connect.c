@@ -18,16 +18,21 @@ const volatile __u16 inbound_port = 15006; /* host byte order */
  * ports istio-iptables excludes from inbound capture (15008 HBONE, 15020,
  * 15021, 15090). Host byte order, 0 = unused slot. */
 const volatile __u16 inbound_skip_ports[SB_MAX_SKIP_PORTS] = { 15008, 15020, 15021, 15090 };
+/* The sidecar's connections to its own pod IP go to its inbound port,
+ * except to this one (Istio's HBONE port 15008); 0 = none. */
+const volatile __u16 tunnel_port = 15008;
 
 /* Emits the enums shared with Go into BTF so bpf2go -type can see them. */
 static const enum sb_stat sb_stat_btf __attribute__((used));
 static const enum sb_pod_flag sb_pod_flag_btf __attribute__((used));
 static const enum sb_sock_flag sb_sock_flag_btf __attribute__((used));
+static const enum sb_port_action sb_port_action_btf __attribute__((used));
+static const enum sb_direction sb_direction_btf __attribute__((used));
 
 /* Finds the pod the current task belongs to by looking up each ancestor
  * cgroup of the task in sb_pods. Pod cgroups do not nest, so the first hit
  * is the pod. */
-static __always_inline struct sb_pod *current_pod(void)
+static __always_inline struct sb_pod *current_pod(__u64 *cgroup_id)
 {
 	struct sb_pod *pod;
 	__u64 id;
@@ -38,8 +43,10 @@ static __always_inline struct sb_pod *current_pod(void)
 		if (!id)
 			return NULL;
 		pod = bpf_map_lookup_elem(&sb_pods, &id);
-		if (pod)
+		if (pod) {
+			*cgroup_id = id;
 			return pod;
+		}
 	}
 	return NULL;
 }
@@ -80,50 +87,96 @@ static __always_inline int remember(struct bpf_sock_addr *ctx, __u16 flags)
 	return 0;
 }
 
-/* A sidecar connection to a meshed pod on this node (its own included) goes
- * to that pod's inbound port, as istio-iptables' ISTIO_IN_REDIRECT would do
- * on arrival; Envoy's inbound passthrough from 127.0.0.6 is left alone. */
-static __always_inline void proxy_connect(struct bpf_sock_addr *ctx)
+/* Whether the destination pod's inbound capture takes port, as its
+ * ISTIO_INBOUND chain would decide on arrival: never-captured ports and
+ * excluded ports first, then every port or the included ones. */
+static __always_inline int inbound_captured(struct sb_pod *pod, __u64 cgroup_id, __u16 port)
+{
+	__u8 action;
+
+	if (skip_inbound_port(port))
+		return 0;
+	action = sb_port_policy(cgroup_id, port, SB_DIR_INBOUND);
+	if (action & SB_PORT_EXCLUDE)
+		return 0;
+	return (pod->flags & SB_POD_IN_ALL_PORTS) || (action & SB_PORT_INCLUDE);
+}
+
+/* A sidecar connection to a meshed pod on this node goes to that pod's
+ * inbound port, as the pod's ISTIO_INBOUND chain would redirect it on
+ * arrival; to its own pod IP it goes to its own inbound port for any port
+ * but 15008, as istio-iptables' "-o lo ! -d 127.0.0.1 -m owner
+ * --uid-owner 1337 -j ISTIO_IN_REDIRECT" rule does. Envoy's inbound
+ * passthrough from 127.0.0.6 is left alone. */
+static __always_inline void proxy_connect(struct bpf_sock_addr *ctx, __u64 own_cgroup_id)
 {
 	struct sb_pod_ip *dst_pod;
 	struct sb_pod *pod;
 	__u32 dst_ip4 = ctx->user_ip4;
 	__u16 dst_port = bpf_ntohs((__u16)ctx->user_port);
+	__u64 dst_cgroup_id;
 
-	if (sb_is_loopback(dst_ip4) || dst_port == inbound_port || skip_inbound_port(dst_port))
+	if (sb_is_loopback(dst_ip4) || dst_port == inbound_port)
 		return;
 	if (ctx->sk && ctx->sk->src_ip4 == bpf_htonl(SB_PASSTHROUGH_IP))
 		return;
 	dst_pod = bpf_map_lookup_elem(&sb_pod_ips, &dst_ip4);
 	if (!dst_pod)
 		return;
-	pod = bpf_map_lookup_elem(&sb_pods, &dst_pod->cgroup_id);
+	dst_cgroup_id = dst_pod->cgroup_id;
+	pod = bpf_map_lookup_elem(&sb_pods, &dst_cgroup_id);
 	if (!pod || !(pod->flags & SB_POD_CAPTURE))
 		return;
+	if (dst_cgroup_id == own_cgroup_id) {
+		if (tunnel_port && dst_port == tunnel_port)
+			return;
+	} else if (!inbound_captured(pod, dst_cgroup_id, dst_port)) {
+		return;
+	}
 	if (remember(ctx, SB_SOCK_SHORTCUT))
 		return;
 	ctx->user_port = bpf_htons(inbound_port);
 	sb_count(SB_STAT_SHORTCUT);
 }
 
+/* Whether the app's connection goes to the sidecar, with istio-iptables'
+ * ISTIO_OUTPUT precedence: excluded ports, local destinations, excluded
+ * ranges, included ports, then every destination or the included ranges. */
+static __always_inline int outbound_captured(struct sb_pod *pod, __u64 cgroup_id, __u32 dst_ip4,
+					     __u16 dst_port)
+{
+	__u8 action = sb_port_policy(cgroup_id, dst_port, SB_DIR_OUTBOUND);
+
+	if (action & SB_PORT_EXCLUDE)
+		return 0;
+	/* The app's own local traffic (127.0.0.0/8 and its pod IP) stays
+	 * local, as istio-iptables' "-o lo ... -j RETURN" rules leave it. */
+	if (sb_is_loopback(dst_ip4) || (pod->ip4 && dst_ip4 == pod->ip4))
+		return 0;
+	if (sb_cidr_match(&sb_cidr_excl, cgroup_id, dst_ip4))
+		return 0;
+	if (action & SB_PORT_INCLUDE)
+		return 1;
+	return (pod->flags & SB_POD_OUT_ALL_IPS) ||
+	       sb_cidr_match(&sb_cidr_incl, cgroup_id, dst_ip4);
+}
+
 SEC("cgroup/connect4")
 int connect4_redirect(struct bpf_sock_addr *ctx)
 {
 	struct sb_pod *pod;
-	__u32 dst_ip4 = ctx->user_ip4;
+	__u64 cgroup_id = 0;
 
 	if (ctx->type != SB_SOCK_STREAM)
 		return 1;
-	pod = current_pod();
+	pod = current_pod(&cgroup_id);
 	if (!pod || !(pod->flags & SB_POD_CAPTURE))
 		return 1;
 	if (is_proxy()) {
-		proxy_connect(ctx);
+		proxy_connect(ctx, cgroup_id);
 		return 1;
 	}
-	/* The app's own local traffic (127.0.0.0/8 and its pod IP) stays
-	 * local, as istio-iptables' "-o lo ... -j RETURN" rules leave it. */
-	if (sb_is_loopback(dst_ip4) || (pod->ip4 && dst_ip4 == pod->ip4))
+	if (!outbound_captured(pod, cgroup_id, ctx->user_ip4, bpf_ntohs((__u16)ctx->user_port)))
 		return 1;
 	if (remember(ctx, SB_SOCK_CAPTURED))
 		return 1;

@@ -31,6 +31,9 @@
  * level 2 or 3; nested kubelets such as kind add a few more). */
 #define SB_MAX_CGROUP_LEVEL 12
 #define SB_MAX_SKIP_PORTS 8
+/* Per-pod include/exclude lists, all pods together. */
+#define SB_MAX_PORT_RULES 65536
+#define SB_MAX_CIDR_RULES 16384
 
 #define SB_LOOPBACK_NET 0x7f000000 /* 127.0.0.0/8, host order */
 #define SB_PASSTHROUGH_IP 0x7f000006 /* 127.0.0.6, host order: Envoy inbound passthrough */
@@ -39,6 +42,37 @@
 /* sb_pod.flags */
 enum sb_pod_flag {
 	SB_POD_CAPTURE = 1 << 0, /* redirect the pod's outbound TCP to its sidecar */
+	SB_POD_OUT_ALL_IPS = 1 << 1, /* every outbound destination (includeOutboundIPRanges "*") */
+	SB_POD_IN_ALL_PORTS = 1 << 2, /* every inbound port (includeInboundPorts "*") */
+};
+
+/* Value of sb_ports. */
+enum sb_port_action {
+	SB_PORT_INCLUDE = 1 << 0,
+	SB_PORT_EXCLUDE = 1 << 1,
+};
+
+enum sb_direction {
+	SB_DIR_OUTBOUND = 0,
+	SB_DIR_INBOUND = 1,
+};
+
+/* Key of sb_ports: one port of one pod's include or exclude list. */
+struct sb_port_key {
+	__u64 cgroup_id; /* the pod */
+	__u16 port; /* host byte order */
+	__u8 dir; /* enum sb_direction */
+	__u8 pad[5];
+};
+
+/* Key of sb_cidr_excl and sb_cidr_incl (LPM tries): one outbound IPv4
+ * range of one pod. prefixlen counts the 64 cgroup id bits plus the
+ * range's own bits. */
+struct sb_cidr_key {
+	__u32 prefixlen;
+	__u32 cgroup_lo; /* low half of the pod's cgroup id */
+	__u32 cgroup_hi; /* high half */
+	__u32 ip4; /* network byte order */
 };
 
 /* Value of sb_pods, keyed by the pod cgroup's id (__u64, the cgroup v2
@@ -137,6 +171,33 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sb_tuples SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SB_MAX_PORT_RULES);
+	__type(key, struct sb_port_key);
+	__type(value, __u8); /* enum sb_port_action bits */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sb_ports SEC(".maps");
+
+/* Kernel: LPM tries 4.11. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, SB_MAX_CIDR_RULES);
+	__type(key, struct sb_cidr_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sb_cidr_excl SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, SB_MAX_CIDR_RULES);
+	__type(key, struct sb_cidr_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sb_cidr_incl SEC(".maps");
+
 /* Sockets of captured flows whose bytes sk_msg may redirect to their peer.
  * The kernel removes a socket when it closes. Kernel: sockhash 4.18. */
 struct {
@@ -175,6 +236,28 @@ static __always_inline int sb_is_loopback(__u32 ip4)
 static __always_inline int sb_needs_netns(__u32 a_ip4, __u32 b_ip4)
 {
 	return sb_is_loopback(a_ip4) || sb_is_loopback(b_ip4);
+}
+
+/* The include/exclude bits of a pod's port, 0 when listed nowhere. */
+static __always_inline __u8 sb_port_policy(__u64 cgroup_id, __u16 port, __u8 dir)
+{
+	struct sb_port_key key = { .cgroup_id = cgroup_id, .port = port, .dir = dir };
+	__u8 *v = bpf_map_lookup_elem(&sb_ports, &key);
+
+	return v ? *v : 0;
+}
+
+/* Whether one of a pod's ranges in trie contains ip4 (network byte order). */
+static __always_inline int sb_cidr_match(void *trie, __u64 cgroup_id, __u32 ip4)
+{
+	struct sb_cidr_key key = {
+		.prefixlen = 64 + 32,
+		.cgroup_lo = (__u32)cgroup_id,
+		.cgroup_hi = (__u32)(cgroup_id >> 32),
+		.ip4 = ip4,
+	};
+
+	return bpf_map_lookup_elem(trie, &key) != NULL;
 }
 
 /* Whether ip4 (network byte order) belongs to a captured pod on this node. */

@@ -13,6 +13,21 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type connectSbCidrKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	CgroupLo  uint32
+	CgroupHi  uint32
+	Ip4       uint32
+}
+
+type connectSbDirection uint32
+
+const (
+	connectSbDirectionSB_DIR_OUTBOUND connectSbDirection = 0
+	connectSbDirectionSB_DIR_INBOUND  connectSbDirection = 1
+)
+
 type connectSbPod struct {
 	_     structs.HostLayout
 	Ip4   uint32
@@ -22,12 +37,29 @@ type connectSbPod struct {
 type connectSbPodFlag uint32
 
 const (
-	connectSbPodFlagSB_POD_CAPTURE connectSbPodFlag = 1
+	connectSbPodFlagSB_POD_CAPTURE      connectSbPodFlag = 1
+	connectSbPodFlagSB_POD_OUT_ALL_IPS  connectSbPodFlag = 2
+	connectSbPodFlagSB_POD_IN_ALL_PORTS connectSbPodFlag = 4
 )
 
 type connectSbPodIp struct {
 	_        structs.HostLayout
 	CgroupId uint64
+}
+
+type connectSbPortAction uint32
+
+const (
+	connectSbPortActionSB_PORT_INCLUDE connectSbPortAction = 1
+	connectSbPortActionSB_PORT_EXCLUDE connectSbPortAction = 2
+)
+
+type connectSbPortKey struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Port     uint16
+	Dir      uint8
+	Pad      [5]uint8
 }
 
 type connectSbSock struct {
@@ -88,8 +120,11 @@ type connectSbTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	connectMapSbCidrExcl           = "sb_cidr_excl"
+	connectMapSbCidrIncl           = "sb_cidr_incl"
 	connectMapSbPodIps             = "sb_pod_ips"
 	connectMapSbPods               = "sb_pods"
+	connectMapSbPorts              = "sb_ports"
 	connectMapSbSockhash           = "sb_sockhash"
 	connectMapSbSocks              = "sb_socks"
 	connectMapSbStats              = "sb_stats"
@@ -101,6 +136,7 @@ const (
 	connectVarOutboundPort         = "outbound_port"
 	connectVarProxyGid             = "proxy_gid"
 	connectVarProxyUid             = "proxy_uid"
+	connectVarTunnelPort           = "tunnel_port"
 )
 
 // loadConnect returns the embedded CollectionSpec for connect.
@@ -153,8 +189,11 @@ type connectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectMapSpecs struct {
+	SbCidrExcl *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
+	SbCidrIncl *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
 	SbPodIps   *ebpf.MapSpec `ebpf:"sb_pod_ips"`
 	SbPods     *ebpf.MapSpec `ebpf:"sb_pods"`
+	SbPorts    *ebpf.MapSpec `ebpf:"sb_ports"`
 	SbSockhash *ebpf.MapSpec `ebpf:"sb_sockhash"`
 	SbSocks    *ebpf.MapSpec `ebpf:"sb_socks"`
 	SbStats    *ebpf.MapSpec `ebpf:"sb_stats"`
@@ -170,6 +209,7 @@ type connectVariableSpecs struct {
 	OutboundPort     *ebpf.VariableSpec `ebpf:"outbound_port"`
 	ProxyGid         *ebpf.VariableSpec `ebpf:"proxy_gid"`
 	ProxyUid         *ebpf.VariableSpec `ebpf:"proxy_uid"`
+	TunnelPort       *ebpf.VariableSpec `ebpf:"tunnel_port"`
 }
 
 // connectObjects contains all objects after they have been loaded into the kernel.
@@ -192,8 +232,11 @@ func (o *connectObjects) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectMaps struct {
+	SbCidrExcl *ebpf.Map `ebpf:"sb_cidr_excl"`
+	SbCidrIncl *ebpf.Map `ebpf:"sb_cidr_incl"`
 	SbPodIps   *ebpf.Map `ebpf:"sb_pod_ips"`
 	SbPods     *ebpf.Map `ebpf:"sb_pods"`
+	SbPorts    *ebpf.Map `ebpf:"sb_ports"`
 	SbSockhash *ebpf.Map `ebpf:"sb_sockhash"`
 	SbSocks    *ebpf.Map `ebpf:"sb_socks"`
 	SbStats    *ebpf.Map `ebpf:"sb_stats"`
@@ -202,8 +245,11 @@ type connectMaps struct {
 
 func (m *connectMaps) Close() error {
 	return _ConnectClose(
+		m.SbCidrExcl,
+		m.SbCidrIncl,
 		m.SbPodIps,
 		m.SbPods,
+		m.SbPorts,
 		m.SbSockhash,
 		m.SbSocks,
 		m.SbStats,
@@ -220,6 +266,7 @@ type connectVariables struct {
 	OutboundPort     *ebpf.Variable `ebpf:"outbound_port"`
 	ProxyGid         *ebpf.Variable `ebpf:"proxy_gid"`
 	ProxyUid         *ebpf.Variable `ebpf:"proxy_uid"`
+	TunnelPort       *ebpf.Variable `ebpf:"tunnel_port"`
 }
 
 // connectPrograms contains all programs after they have been loaded into the kernel.

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -45,6 +46,9 @@ type Config struct {
 	OutboundPort, InboundPort uint16
 	// InboundSkipPorts are never redirected to InboundPort (at most 8).
 	InboundSkipPorts []uint16
+	// TunnelPort is the one port of its own pod IP a sidecar reaches
+	// directly instead of through its inbound port (Istio: 15008); 0 none.
+	TunnelPort uint16
 	// Splice adds the sockets of captured flows to a sockhash and
 	// redirects their bytes with sk_msg (kernel 5.15 for the netns-aware
 	// keys). Off, no socket enters the sockhash. Sidecars that use
@@ -63,6 +67,7 @@ func IstioDefaults() Config {
 		OutboundPort:     15001,
 		InboundPort:      15006,
 		InboundSkipPorts: []uint16{15008, 15020, 15021, 15090},
+		TunnelPort:       15008,
 	}
 }
 
@@ -106,6 +111,9 @@ type Datapath struct {
 	colls []*ebpf.Collection
 	links map[string]link.Link
 	iter  *ebpf.Program // iter_socks, not attached until read
+
+	mu    sync.Mutex
+	rules map[uint64]*podRules // what each pod owns in the rule maps; nil until first read
 }
 
 // Load loads the programs with cfg's constants, pins their maps under
@@ -255,6 +263,7 @@ func (dp *Datapath) setConstants(spec *ebpf.CollectionSpec) error {
 		"outbound_port":      dp.cfg.OutboundPort,
 		"inbound_port":       dp.cfg.InboundPort,
 		"inbound_skip_ports": skip,
+		"tunnel_port":        dp.cfg.TunnelPort,
 	}
 	for name, v := range consts {
 		vs, ok := spec.Variables[name]

@@ -6,7 +6,7 @@ package datapath
 //
 // Shared structs come from connect.c (-type); the other objects skip them.
 
-//go:generate go tool bpf2go -target bpfel -type sb_pod -type sb_pod_ip -type sb_sock -type sb_tuple -type sb_sock_key -type sb_stat -type sb_pod_flag -type sb_sock_flag connect ../../bpf/connect.c -- -I../../bpf -I../../bpf/include -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror
+//go:generate go tool bpf2go -target bpfel -type sb_pod -type sb_pod_ip -type sb_sock -type sb_tuple -type sb_sock_key -type sb_port_key -type sb_cidr_key -type sb_port_action -type sb_direction -type sb_stat -type sb_pod_flag -type sb_sock_flag connect ../../bpf/connect.c -- -I../../bpf -I../../bpf/include -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror
 //go:generate go tool bpf2go -target bpfel -no-global-types sockops ../../bpf/sockops.c -- -I../../bpf -I../../bpf/include -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror
 //go:generate go tool bpf2go -target bpfel -no-global-types sockopt ../../bpf/sockopt.c -- -I../../bpf -I../../bpf/include -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror
 //go:generate go tool bpf2go -target bpfel -no-global-types iter ../../bpf/iter.c -- -I../../bpf -I../../bpf/include -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror

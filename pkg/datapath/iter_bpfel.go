@@ -16,8 +16,11 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	iterMapSbCidrExcl = "sb_cidr_excl"
+	iterMapSbCidrIncl = "sb_cidr_incl"
 	iterMapSbPodIps   = "sb_pod_ips"
 	iterMapSbPods     = "sb_pods"
+	iterMapSbPorts    = "sb_ports"
 	iterMapSbSockhash = "sb_sockhash"
 	iterMapSbSocks    = "sb_socks"
 	iterMapSbStats    = "sb_stats"
@@ -74,8 +77,11 @@ type iterProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type iterMapSpecs struct {
+	SbCidrExcl *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
+	SbCidrIncl *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
 	SbPodIps   *ebpf.MapSpec `ebpf:"sb_pod_ips"`
 	SbPods     *ebpf.MapSpec `ebpf:"sb_pods"`
+	SbPorts    *ebpf.MapSpec `ebpf:"sb_ports"`
 	SbSockhash *ebpf.MapSpec `ebpf:"sb_sockhash"`
 	SbSocks    *ebpf.MapSpec `ebpf:"sb_socks"`
 	SbStats    *ebpf.MapSpec `ebpf:"sb_stats"`
@@ -108,8 +114,11 @@ func (o *iterObjects) Close() error {
 //
 // It can be passed to loadIterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type iterMaps struct {
+	SbCidrExcl *ebpf.Map `ebpf:"sb_cidr_excl"`
+	SbCidrIncl *ebpf.Map `ebpf:"sb_cidr_incl"`
 	SbPodIps   *ebpf.Map `ebpf:"sb_pod_ips"`
 	SbPods     *ebpf.Map `ebpf:"sb_pods"`
+	SbPorts    *ebpf.Map `ebpf:"sb_ports"`
 	SbSockhash *ebpf.Map `ebpf:"sb_sockhash"`
 	SbSocks    *ebpf.Map `ebpf:"sb_socks"`
 	SbStats    *ebpf.Map `ebpf:"sb_stats"`
@@ -118,8 +127,11 @@ type iterMaps struct {
 
 func (m *iterMaps) Close() error {
 	return _IterClose(
+		m.SbCidrExcl,
+		m.SbCidrIncl,
 		m.SbPodIps,
 		m.SbPods,
+		m.SbPorts,
 		m.SbSockhash,
 		m.SbSocks,
 		m.SbStats,

@@ -32,8 +32,11 @@ func ReadPinned(pinDir string) (*Snapshot, error) {
 	dp.maps.SbPods = open("sb_pods")
 	dp.maps.SbStats = open("sb_stats")
 	dp.maps.SbTuples = open("sb_tuples")
+	dp.maps.SbPorts = open("sb_ports")
+	dp.maps.SbCidrExcl = open("sb_cidr_excl")
+	dp.maps.SbCidrIncl = open("sb_cidr_incl")
 	defer func() {
-		for _, m := range []*ebpf.Map{dp.maps.SbPods, dp.maps.SbStats, dp.maps.SbTuples} {
+		for _, m := range []*ebpf.Map{dp.maps.SbPods, dp.maps.SbStats, dp.maps.SbTuples, dp.maps.SbPorts, dp.maps.SbCidrExcl, dp.maps.SbCidrIncl} {
 			if m != nil {
 				m.Close()
 			}

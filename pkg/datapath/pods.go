@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/cilium/ebpf"
@@ -22,6 +23,12 @@ func podValue(p Pod) connectSbPod {
 	if p.Capture {
 		v.Flags |= uint32(connectSbPodFlagSB_POD_CAPTURE)
 	}
+	if p.Outbound.AllIPs {
+		v.Flags |= uint32(connectSbPodFlagSB_POD_OUT_ALL_IPS)
+	}
+	if p.Inbound.AllPorts {
+		v.Flags |= uint32(connectSbPodFlagSB_POD_IN_ALL_PORTS)
+	}
 	return v
 }
 
@@ -39,29 +46,221 @@ func netToIP4(v uint32) netip.Addr {
 // ntohs converts a port the kernel stores in network byte order.
 func ntohs(v uint16) uint16 { return v>>8 | v<<8 }
 
-// UpsertPod adds or replaces a pod, keeping the IP index in step.
+// podRules are the sb_ports and sb_cidr_* entries one pod owns.
+type podRules struct {
+	ports map[connectSbPortKey]uint8
+	excl  map[connectSbCidrKey]bool
+	incl  map[connectSbCidrKey]bool
+}
+
+func newPodRules() *podRules {
+	return &podRules{
+		ports: map[connectSbPortKey]uint8{},
+		excl:  map[connectSbCidrKey]bool{},
+		incl:  map[connectSbCidrKey]bool{},
+	}
+}
+
+// rulesOf encodes a pod's lists, checking the limits.
+func rulesOf(p Pod) (*podRules, error) {
+	r := newPodRules()
+	lists := []struct {
+		name   string
+		ports  []uint16
+		dir    connectSbDirection
+		action connectSbPortAction
+	}{
+		{"outbound exclude ports", p.Outbound.ExcludePorts, connectSbDirectionSB_DIR_OUTBOUND, connectSbPortActionSB_PORT_EXCLUDE},
+		{"outbound include ports", p.Outbound.IncludePorts, connectSbDirectionSB_DIR_OUTBOUND, connectSbPortActionSB_PORT_INCLUDE},
+		{"inbound exclude ports", p.Inbound.ExcludePorts, connectSbDirectionSB_DIR_INBOUND, connectSbPortActionSB_PORT_EXCLUDE},
+		{"inbound include ports", p.Inbound.IncludePorts, connectSbDirectionSB_DIR_INBOUND, connectSbPortActionSB_PORT_INCLUDE},
+	}
+	for _, l := range lists {
+		if len(l.ports) > policy.MaxPorts {
+			return nil, fmt.Errorf("pod %s: %d %s, at most %d fit", p.Name, len(l.ports), l.name, policy.MaxPorts)
+		}
+		for _, port := range l.ports {
+			if port == 0 {
+				return nil, fmt.Errorf("pod %s: port 0 in %s", p.Name, l.name)
+			}
+			k := connectSbPortKey{CgroupId: p.CgroupID, Port: port, Dir: uint8(l.dir)}
+			r.ports[k] |= uint8(l.action)
+		}
+	}
+	cidrs := []struct {
+		name     string
+		prefixes []netip.Prefix
+		into     map[connectSbCidrKey]bool
+	}{
+		{"outbound exclude ranges", p.Outbound.ExcludeCIDRs, r.excl},
+		{"outbound include ranges", p.Outbound.IncludeCIDRs, r.incl},
+	}
+	for _, l := range cidrs {
+		if len(l.prefixes) > policy.MaxCIDRs {
+			return nil, fmt.Errorf("pod %s: %d %s, at most %d fit", p.Name, len(l.prefixes), l.name, policy.MaxCIDRs)
+		}
+		for _, pfx := range l.prefixes {
+			if !pfx.Addr().Is4() {
+				return nil, fmt.Errorf("pod %s: %s in %s is not an IPv4 range", p.Name, pfx, l.name)
+			}
+			pfx = pfx.Masked()
+			l.into[connectSbCidrKey{
+				Prefixlen: 64 + uint32(pfx.Bits()),
+				CgroupLo:  uint32(p.CgroupID),
+				CgroupHi:  uint32(p.CgroupID >> 32),
+				Ip4:       ip4ToNet(pfx.Addr()),
+			}] = true
+		}
+	}
+	return r, nil
+}
+
+// UpsertPod adds or replaces a pod and its include/exclude lists, keeping
+// the IP index in step. New rules are written before the pod entry and
+// stale ones removed after it.
 func (dp *Datapath) UpsertPod(p Pod) error {
 	if p.CgroupID == 0 {
-		return errors.New("upsert pod: cgroup id 0")
+		return fmt.Errorf("upsert pod %s: cgroup id 0", p.Name)
 	}
 	if p.IPv4.IsValid() && !p.IPv4.Is4() {
-		return fmt.Errorf("upsert pod %d: %s is not an IPv4 address", p.CgroupID, p.IPv4)
+		return fmt.Errorf("upsert pod %s: %s is not an IPv4 address", p.Name, p.IPv4)
 	}
-	var old connectSbPod
-	if err := dp.maps.SbPods.Lookup(p.CgroupID, &old); err == nil && old.Ip4 != 0 && old.Ip4 != ip4ToNet(p.IPv4) {
-		if err := dp.deleteIP(old.Ip4, p.CgroupID); err != nil {
+	rules, err := rulesOf(p)
+	if err != nil {
+		return err
+	}
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	old, err := dp.rulesLocked(p.CgroupID)
+	if err != nil {
+		return err
+	}
+	for k, v := range rules.ports {
+		if err := dp.maps.SbPorts.Put(k, v); err != nil {
+			return fmt.Errorf("update pod %s port %d: %w", p.Name, k.Port, err)
+		}
+	}
+	for _, set := range []struct {
+		m    *ebpf.Map
+		keys map[connectSbCidrKey]bool
+	}{{dp.maps.SbCidrExcl, rules.excl}, {dp.maps.SbCidrIncl, rules.incl}} {
+		for k := range set.keys {
+			if err := set.m.Put(k, uint8(1)); err != nil {
+				return fmt.Errorf("update pod %s range: %w", p.Name, err)
+			}
+		}
+	}
+
+	var prev connectSbPod
+	if err := dp.maps.SbPods.Lookup(p.CgroupID, &prev); err == nil && prev.Ip4 != 0 && prev.Ip4 != ip4ToNet(p.IPv4) {
+		if err := dp.deleteIP(prev.Ip4, p.CgroupID); err != nil {
 			return err
 		}
 	}
 	if err := dp.maps.SbPods.Put(p.CgroupID, podValue(p)); err != nil {
-		return fmt.Errorf("update pod %d: %w", p.CgroupID, err)
+		return fmt.Errorf("update pod %s: %w", p.Name, err)
 	}
 	if p.IPv4.Is4() {
 		if err := dp.maps.SbPodIps.Put(ip4ToNet(p.IPv4), connectSbPodIp{CgroupId: p.CgroupID}); err != nil {
-			return fmt.Errorf("update pod ip %s: %w", p.IPv4, err)
+			return fmt.Errorf("update pod %s ip %s: %w", p.Name, p.IPv4, err)
 		}
 	}
+	if err := dp.deleteStale(old, rules); err != nil {
+		return err
+	}
+	dp.rules[p.CgroupID] = rules
 	return nil
+}
+
+// deleteStale removes the rules in old that are not in keep (nil: all).
+func (dp *Datapath) deleteStale(old, keep *podRules) error {
+	if keep == nil {
+		keep = newPodRules()
+	}
+	var errs []error
+	for k := range old.ports {
+		if _, ok := keep.ports[k]; !ok {
+			errs = append(errs, ignoreNotExist(dp.maps.SbPorts.Delete(k)))
+		}
+	}
+	for k := range old.excl {
+		if !keep.excl[k] {
+			errs = append(errs, ignoreNotExist(dp.maps.SbCidrExcl.Delete(k)))
+		}
+	}
+	for k := range old.incl {
+		if !keep.incl[k] {
+			errs = append(errs, ignoreNotExist(dp.maps.SbCidrIncl.Delete(k)))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("delete stale rules: %w", err)
+	}
+	return nil
+}
+
+func ignoreNotExist(err error) error {
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	return err
+}
+
+// rulesLocked returns the rules the maps hold for a pod, reading every
+// rule map once per agent run to build the index.
+func (dp *Datapath) rulesLocked(cgroupID uint64) (*podRules, error) {
+	if dp.rules == nil {
+		idx, err := dp.readRules()
+		if err != nil {
+			return nil, err
+		}
+		dp.rules = idx
+	}
+	if r, ok := dp.rules[cgroupID]; ok {
+		return r, nil
+	}
+	return newPodRules(), nil
+}
+
+func (dp *Datapath) readRules() (map[uint64]*podRules, error) {
+	idx := map[uint64]*podRules{}
+	get := func(id uint64) *podRules {
+		if idx[id] == nil {
+			idx[id] = newPodRules()
+		}
+		return idx[id]
+	}
+	var (
+		pk connectSbPortKey
+		pv uint8
+	)
+	it := dp.maps.SbPorts.Iterate()
+	for it.Next(&pk, &pv) {
+		get(pk.CgroupId).ports[pk] = pv
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read port rules: %w", err)
+	}
+	for _, trie := range []struct {
+		m    *ebpf.Map
+		pick func(*podRules) map[connectSbCidrKey]bool
+	}{
+		{dp.maps.SbCidrExcl, func(r *podRules) map[connectSbCidrKey]bool { return r.excl }},
+		{dp.maps.SbCidrIncl, func(r *podRules) map[connectSbCidrKey]bool { return r.incl }},
+	} {
+		var (
+			ck connectSbCidrKey
+			cv uint8
+		)
+		it := trie.m.Iterate()
+		for it.Next(&ck, &cv) {
+			trie.pick(get(uint64(ck.CgroupHi)<<32 | uint64(ck.CgroupLo)))[ck] = true
+		}
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("read range rules: %w", err)
+		}
+	}
+	return idx, nil
 }
 
 // deleteIP removes ip from the IP index if it still points at cgroupID.
@@ -70,44 +269,62 @@ func (dp *Datapath) deleteIP(ip uint32, cgroupID uint64) error {
 	if err := dp.maps.SbPodIps.Lookup(ip, &cur); err != nil || cur.CgroupId != cgroupID {
 		return nil
 	}
-	if err := dp.maps.SbPodIps.Delete(ip); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := ignoreNotExist(dp.maps.SbPodIps.Delete(ip)); err != nil {
 		return fmt.Errorf("delete pod ip %s: %w", netToIP4(ip), err)
 	}
 	return nil
 }
 
-// DeletePod removes a pod; removing an absent pod is not an error.
+// DeletePod removes a pod and its rules; removing an absent pod is not an
+// error.
 func (dp *Datapath) DeletePod(cgroupID uint64) error {
-	var old connectSbPod
-	if err := dp.maps.SbPods.Lookup(cgroupID, &old); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	old, err := dp.rulesLocked(cgroupID)
+	if err != nil {
+		return err
+	}
+	var prev connectSbPod
+	if err := dp.maps.SbPods.Lookup(cgroupID, &prev); err == nil {
+		if prev.Ip4 != 0 {
+			if err := dp.deleteIP(prev.Ip4, cgroupID); err != nil {
+				return err
+			}
 		}
+		if err := ignoreNotExist(dp.maps.SbPods.Delete(cgroupID)); err != nil {
+			return fmt.Errorf("delete pod %d: %w", cgroupID, err)
+		}
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("look up pod %d: %w", cgroupID, err)
 	}
-	if old.Ip4 != 0 {
-		if err := dp.deleteIP(old.Ip4, cgroupID); err != nil {
-			return err
-		}
+	if err := dp.deleteStale(old, nil); err != nil {
+		return err
 	}
-	if err := dp.maps.SbPods.Delete(cgroupID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("delete pod %d: %w", cgroupID, err)
-	}
+	delete(dp.rules, cgroupID)
 	return nil
 }
 
-// Pods lists the pods in the map, ordered by cgroup id.
+// Pods lists the pods in the map with their rules, ordered by cgroup id.
 func (dp *Datapath) Pods() ([]Pod, error) {
 	var (
 		id   uint64
 		v    connectSbPod
 		pods []Pod
 	)
+	rules, err := dp.readRules()
+	if err != nil {
+		return nil, err
+	}
 	it := dp.maps.SbPods.Iterate()
 	for it.Next(&id, &v) {
 		p := Pod{CgroupID: id, Capture: v.Flags&uint32(connectSbPodFlagSB_POD_CAPTURE) != 0}
 		if v.Ip4 != 0 {
 			p.IPv4 = netToIP4(v.Ip4)
+		}
+		p.Outbound.AllIPs = v.Flags&uint32(connectSbPodFlagSB_POD_OUT_ALL_IPS) != 0
+		p.Inbound.AllPorts = v.Flags&uint32(connectSbPodFlagSB_POD_IN_ALL_PORTS) != 0
+		if r := rules[id]; r != nil {
+			r.decode(&p)
 		}
 		pods = append(pods, p)
 	}
@@ -116,6 +333,42 @@ func (dp *Datapath) Pods() ([]Pod, error) {
 	}
 	sort.Slice(pods, func(i, j int) bool { return pods[i].CgroupID < pods[j].CgroupID })
 	return pods, nil
+}
+
+// decode fills p's lists from the rules, sorted.
+func (r *podRules) decode(p *Pod) {
+	for k, v := range r.ports {
+		out := k.Dir == uint8(connectSbDirectionSB_DIR_OUTBOUND)
+		if v&uint8(connectSbPortActionSB_PORT_EXCLUDE) != 0 {
+			if out {
+				p.Outbound.ExcludePorts = append(p.Outbound.ExcludePorts, k.Port)
+			} else {
+				p.Inbound.ExcludePorts = append(p.Inbound.ExcludePorts, k.Port)
+			}
+		}
+		if v&uint8(connectSbPortActionSB_PORT_INCLUDE) != 0 {
+			if out {
+				p.Outbound.IncludePorts = append(p.Outbound.IncludePorts, k.Port)
+			} else {
+				p.Inbound.IncludePorts = append(p.Inbound.IncludePorts, k.Port)
+			}
+		}
+	}
+	prefix := func(k connectSbCidrKey) netip.Prefix {
+		return netip.PrefixFrom(netToIP4(k.Ip4), int(k.Prefixlen)-64)
+	}
+	for k := range r.excl {
+		p.Outbound.ExcludeCIDRs = append(p.Outbound.ExcludeCIDRs, prefix(k))
+	}
+	for k := range r.incl {
+		p.Outbound.IncludeCIDRs = append(p.Outbound.IncludeCIDRs, prefix(k))
+	}
+	for _, l := range [][]uint16{p.Outbound.ExcludePorts, p.Outbound.IncludePorts, p.Inbound.ExcludePorts, p.Inbound.IncludePorts} {
+		slices.Sort(l)
+	}
+	for _, l := range [][]netip.Prefix{p.Outbound.ExcludeCIDRs, p.Outbound.IncludeCIDRs} {
+		slices.SortFunc(l, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr())*64 + a.Bits() - b.Bits() })
+	}
 }
 
 // SyncPods makes the pod map equal want: it upserts every pod in want and

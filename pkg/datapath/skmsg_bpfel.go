@@ -16,8 +16,11 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	skmsgMapSbCidrExcl   = "sb_cidr_excl"
+	skmsgMapSbCidrIncl   = "sb_cidr_incl"
 	skmsgMapSbPodIps     = "sb_pod_ips"
 	skmsgMapSbPods       = "sb_pods"
+	skmsgMapSbPorts      = "sb_ports"
 	skmsgMapSbSockhash   = "sb_sockhash"
 	skmsgMapSbSocks      = "sb_socks"
 	skmsgMapSbStats      = "sb_stats"
@@ -74,8 +77,11 @@ type skmsgProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type skmsgMapSpecs struct {
+	SbCidrExcl *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
+	SbCidrIncl *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
 	SbPodIps   *ebpf.MapSpec `ebpf:"sb_pod_ips"`
 	SbPods     *ebpf.MapSpec `ebpf:"sb_pods"`
+	SbPorts    *ebpf.MapSpec `ebpf:"sb_ports"`
 	SbSockhash *ebpf.MapSpec `ebpf:"sb_sockhash"`
 	SbSocks    *ebpf.MapSpec `ebpf:"sb_socks"`
 	SbStats    *ebpf.MapSpec `ebpf:"sb_stats"`
@@ -108,8 +114,11 @@ func (o *skmsgObjects) Close() error {
 //
 // It can be passed to loadSkmsgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type skmsgMaps struct {
+	SbCidrExcl *ebpf.Map `ebpf:"sb_cidr_excl"`
+	SbCidrIncl *ebpf.Map `ebpf:"sb_cidr_incl"`
 	SbPodIps   *ebpf.Map `ebpf:"sb_pod_ips"`
 	SbPods     *ebpf.Map `ebpf:"sb_pods"`
+	SbPorts    *ebpf.Map `ebpf:"sb_ports"`
 	SbSockhash *ebpf.Map `ebpf:"sb_sockhash"`
 	SbSocks    *ebpf.Map `ebpf:"sb_socks"`
 	SbStats    *ebpf.Map `ebpf:"sb_stats"`
@@ -118,8 +127,11 @@ type skmsgMaps struct {
 
 func (m *skmsgMaps) Close() error {
 	return _SkmsgClose(
+		m.SbCidrExcl,
+		m.SbCidrIncl,
 		m.SbPodIps,
 		m.SbPods,
+		m.SbPorts,
 		m.SbSockhash,
 		m.SbSocks,
 		m.SbStats,

@@ -16,8 +16,11 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	sockopsMapSbCidrExcl    = "sb_cidr_excl"
+	sockopsMapSbCidrIncl    = "sb_cidr_incl"
 	sockopsMapSbPodIps      = "sb_pod_ips"
 	sockopsMapSbPods        = "sb_pods"
+	sockopsMapSbPorts       = "sb_ports"
 	sockopsMapSbSockhash    = "sb_sockhash"
 	sockopsMapSbSocks       = "sb_socks"
 	sockopsMapSbStats       = "sb_stats"
@@ -75,8 +78,11 @@ type sockopsProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockopsMapSpecs struct {
+	SbCidrExcl *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
+	SbCidrIncl *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
 	SbPodIps   *ebpf.MapSpec `ebpf:"sb_pod_ips"`
 	SbPods     *ebpf.MapSpec `ebpf:"sb_pods"`
+	SbPorts    *ebpf.MapSpec `ebpf:"sb_ports"`
 	SbSockhash *ebpf.MapSpec `ebpf:"sb_sockhash"`
 	SbSocks    *ebpf.MapSpec `ebpf:"sb_socks"`
 	SbStats    *ebpf.MapSpec `ebpf:"sb_stats"`
@@ -110,8 +116,11 @@ func (o *sockopsObjects) Close() error {
 //
 // It can be passed to loadSockopsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockopsMaps struct {
+	SbCidrExcl *ebpf.Map `ebpf:"sb_cidr_excl"`
+	SbCidrIncl *ebpf.Map `ebpf:"sb_cidr_incl"`
 	SbPodIps   *ebpf.Map `ebpf:"sb_pod_ips"`
 	SbPods     *ebpf.Map `ebpf:"sb_pods"`
+	SbPorts    *ebpf.Map `ebpf:"sb_ports"`
 	SbSockhash *ebpf.Map `ebpf:"sb_sockhash"`
 	SbSocks    *ebpf.Map `ebpf:"sb_socks"`
 	SbStats    *ebpf.Map `ebpf:"sb_stats"`
@@ -120,8 +129,11 @@ type sockopsMaps struct {
 
 func (m *sockopsMaps) Close() error {
 	return _SockopsClose(
+		m.SbCidrExcl,
+		m.SbCidrIncl,
 		m.SbPodIps,
 		m.SbPods,
+		m.SbPorts,
 		m.SbSockhash,
 		m.SbSocks,
 		m.SbStats,

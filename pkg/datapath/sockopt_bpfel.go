@@ -16,8 +16,11 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	sockoptMapSbCidrExcl         = "sb_cidr_excl"
+	sockoptMapSbCidrIncl         = "sb_cidr_incl"
 	sockoptMapSbPodIps           = "sb_pod_ips"
 	sockoptMapSbPods             = "sb_pods"
+	sockoptMapSbPorts            = "sb_ports"
 	sockoptMapSbSockhash         = "sb_sockhash"
 	sockoptMapSbSocks            = "sb_socks"
 	sockoptMapSbStats            = "sb_stats"
@@ -74,8 +77,11 @@ type sockoptProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockoptMapSpecs struct {
+	SbCidrExcl *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
+	SbCidrIncl *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
 	SbPodIps   *ebpf.MapSpec `ebpf:"sb_pod_ips"`
 	SbPods     *ebpf.MapSpec `ebpf:"sb_pods"`
+	SbPorts    *ebpf.MapSpec `ebpf:"sb_ports"`
 	SbSockhash *ebpf.MapSpec `ebpf:"sb_sockhash"`
 	SbSocks    *ebpf.MapSpec `ebpf:"sb_socks"`
 	SbStats    *ebpf.MapSpec `ebpf:"sb_stats"`
@@ -108,8 +114,11 @@ func (o *sockoptObjects) Close() error {
 //
 // It can be passed to loadSockoptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockoptMaps struct {
+	SbCidrExcl *ebpf.Map `ebpf:"sb_cidr_excl"`
+	SbCidrIncl *ebpf.Map `ebpf:"sb_cidr_incl"`
 	SbPodIps   *ebpf.Map `ebpf:"sb_pod_ips"`
 	SbPods     *ebpf.Map `ebpf:"sb_pods"`
+	SbPorts    *ebpf.Map `ebpf:"sb_ports"`
 	SbSockhash *ebpf.Map `ebpf:"sb_sockhash"`
 	SbSocks    *ebpf.Map `ebpf:"sb_socks"`
 	SbStats    *ebpf.Map `ebpf:"sb_stats"`
@@ -118,8 +127,11 @@ type sockoptMaps struct {
 
 func (m *sockoptMaps) Close() error {
 	return _SockoptClose(
+		m.SbCidrExcl,
+		m.SbCidrIncl,
 		m.SbPodIps,
 		m.SbPods,
+		m.SbPorts,
 		m.SbSockhash,
 		m.SbSocks,
 		m.SbStats,

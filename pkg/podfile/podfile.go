@@ -10,7 +10,9 @@
 //
 // "cgroup" is the pod-level cgroup, absolute or relative to the cgroup v2
 // root; "ip" is optional (without it captured connections keep the source
-// address the kernel picks); "capture" defaults to true.
+// address the kernel picks); "capture" defaults to true. A listed pod gets
+// the policy of a meshed pod without annotations: every outbound
+// destination, every inbound port.
 package podfile
 
 import (
@@ -23,6 +25,7 @@ import (
 
 	"github.com/sockbridge/sockbridge/pkg/cgroups"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
+	"github.com/sockbridge/sockbridge/pkg/policy"
 )
 
 // Entry is one pod in the file.
@@ -93,7 +96,8 @@ func (e Entry) resolve(root string) (datapath.Pod, error) {
 	if err != nil {
 		return datapath.Pod{}, err
 	}
-	p := datapath.Pod{CgroupID: id, Capture: e.Capture == nil || *e.Capture}
+	p := datapath.Pod{Name: e.Name, CgroupID: id, Capture: e.Capture == nil || *e.Capture}
+	p.Outbound, p.Inbound = policy.CaptureAll()
 	if e.IP != "" {
 		ip, err := netip.ParseAddr(e.IP)
 		if err != nil || !ip.Is4() {
