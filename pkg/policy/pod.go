@@ -1,6 +1,3 @@
-// Package policy is sockbridge's pure-Go model of what to capture: the mesh
-// presets, the per-pod policy the Kubernetes annotations produce, and the
-// limits the datapath's maps impose. It imports no BPF code.
 package policy
 
 import (
@@ -17,7 +14,7 @@ const (
 // Pod is the capture policy of one pod, as the datapath applies it.
 type Pod struct {
 	// Name is namespace/name, for logs and events.
-	Name string `json:"name"`
+	Name string `json:"name,omitempty"`
 	// CgroupID is the id of the pod-level cgroup: the datapath's key.
 	CgroupID uint64 `json:"cgroup_id"`
 	// IPv4 is the pod's IPv4 address; the zero Addr when not yet known,
@@ -33,8 +30,13 @@ type Pod struct {
 }
 
 // Outbound says which of the app's connections go to the sidecar, with
-// istio-iptables' precedence: ExcludePorts, then ExcludeCIDRs, then
-// IncludePorts, then AllIPs or IncludeCIDRs.
+// istio-iptables' precedence (the order of its ISTIO_OUTPUT rules in
+// tools/istio-iptables/pkg/capture/run.go): a connection is not captured
+// if its port is in ExcludePorts, else not if its destination is in
+// ExcludeCIDRs, else captured if its port is in IncludePorts, else
+// captured if AllIPs or its destination is in IncludeCIDRs, else not.
+// Lists are sorted and free of duplicates; ports are 1-65535 and
+// prefixes masked.
 type Outbound struct {
 	// AllIPs captures every destination (includeOutboundIPRanges "*").
 	AllIPs       bool           `json:"all_ips"`
@@ -44,10 +46,19 @@ type Outbound struct {
 	// excluded by ExcludePorts or ExcludeCIDRs).
 	IncludePorts []uint16 `json:"include_ports,omitempty"`
 	ExcludePorts []uint16 `json:"exclude_ports,omitempty"`
+	// IncludeCIDRsV6 and ExcludeCIDRsV6 hold the IPv6 entries of the same
+	// annotations, split off as istio-iptables splits them for ip6tables
+	// (separateV4V6). Kept for the IPv6 datapath; not applied yet.
+	IncludeCIDRsV6 []netip.Prefix `json:"include_cidrs_v6,omitempty"`
+	ExcludeCIDRsV6 []netip.Prefix `json:"exclude_cidrs_v6,omitempty"`
 }
 
 // Inbound says which of the pod's ports receive connections through the
-// sidecar's inbound port: ExcludePorts first, then AllPorts or IncludePorts.
+// sidecar's inbound port: a connection is not captured if its port is in
+// ExcludePorts, else captured if AllPorts or its port is in IncludePorts.
+// As in istio-iptables (handleInboundPortsInclude), the user's excluded
+// ports are only placed in ExcludePorts when AllPorts is set; with an
+// explicit IncludePorts list only the never-captured ports are.
 type Inbound struct {
 	// AllPorts captures every port (includeInboundPorts "*").
 	AllPorts     bool     `json:"all_ports"`
