@@ -5,7 +5,7 @@ CLANG ?= clang-19
 STRIP ?= llvm-strip-19
 CLANG_FORMAT ?= clang-format-19
 BIN := bin
-GENERATE_PKGS := ./pkg/datapath/...
+GENERATE_PKGS := ./pkg/datapath/... ./pkg/probe/...
 BPF_SOURCES := $(wildcard bpf/*.c bpf/lib/*.h)
 
 .PHONY: help generate build test test-unit test-privileged bench demo format lint check-generated deps clean
@@ -26,10 +26,10 @@ test-unit: ## Run the unprivileged unit tests
 test-privileged: ## Run the privileged end-to-end tests (root, real kernel; CI=true turns skips into failures)
 	$(GO) test -count=1 -timeout 60m ./tests/...
 
-test: ## Run every test: unit and privileged end-to-end (as root)
+test: deps kube-apiserver ## Run every test: unit and privileged end-to-end (as root)
 	$(GO) test -count=1 -timeout 75m ./... 2>&1 | tee /tmp/sockbridge-test.log | grep -v '^=== \(RUN\|PAUSE\|CONT\)'; exit $${PIPESTATUS[0]}
 
-demo: build ## Build, probe the kernel and run two demo pods through the datapath with HAProxy as sidecar (root)
+demo: deps build ## Build, probe the kernel and run two demo pods through the datapath with HAProxy as sidecar (root)
 	$(GO) run ./tests/demo
 
 bench: build ## Benchmark direct, explicit proxy, iptables and sockbridge side by side (root)
@@ -54,3 +54,7 @@ deps: ## Install the Debian packages the build, tests, demo and benchmark need (
 
 clean: ## Remove build output
 	rm -rf $(BIN)
+
+.PHONY: kube-apiserver
+kube-apiserver: ## Build kube-apiserver from the Go module proxy for the controller tests (cached by version; cold 7-9 min)
+	@scripts/kube-apiserver.sh
