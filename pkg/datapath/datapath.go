@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sockbridge/sockbridge/pkg/cgroups"
+	"github.com/sockbridge/sockbridge/pkg/policy"
 )
 
 // DefaultPinDir is where the agent pins its maps and links.
@@ -69,6 +70,14 @@ func IstioDefaults() Config {
 		InboundSkipPorts: []uint16{15008, 15020, 15021, 15090},
 		TunnelPort:       15008,
 	}
+}
+
+// ForPreset sets the sidecar identity and ports of a mesh preset.
+func (c *Config) ForPreset(p *policy.Preset) {
+	c.ProxyUID, c.ProxyGID = p.ProxyUID, p.ProxyGID
+	c.OutboundPort, c.InboundPort = p.OutboundPort, p.InboundPort
+	c.InboundSkipPorts = append([]uint16(nil), p.NeverCapturedInbound...)
+	c.TunnelPort = p.TunnelPort
 }
 
 func (c *Config) validate() error {

@@ -64,3 +64,25 @@ func TestIP4ByteOrder(t *testing.T) {
 		t.Error("ntohs")
 	}
 }
+
+func TestForPresetMatchesIstioDefaults(t *testing.T) {
+	p, err := policy.PresetByName("istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c Config
+	c.ForPreset(p)
+	d := IstioDefaults()
+	if c.ProxyUID != d.ProxyUID || c.ProxyGID != d.ProxyGID || c.OutboundPort != d.OutboundPort ||
+		c.InboundPort != d.InboundPort || c.TunnelPort != d.TunnelPort || len(c.InboundSkipPorts) != len(d.InboundSkipPorts) {
+		t.Errorf("istio preset gives %+v, defaults %+v", c, d)
+	}
+	for _, name := range policy.PresetNames() {
+		p, _ := policy.PresetByName(name)
+		c.ForPreset(p)
+		c.CgroupPath, c.PinDir = "/x", "/y"
+		if err := c.validate(); err != nil {
+			t.Errorf("preset %s: %v", name, err)
+		}
+	}
+}

@@ -21,6 +21,10 @@ type Preset struct {
 	// NeverCapturedInbound are inbound ports never redirected (Istio:
 	// 15008, 15020, 15021, 15090); the status port is added per pod.
 	NeverCapturedInbound []uint16
+	// TunnelPort is the one port of its own pod IP the sidecar reaches
+	// directly rather than through InboundPort (Istio: HBONE 15008); 0
+	// for none.
+	TunnelPort uint16
 
 	// SidecarContainer is the proxy's container name, found among the
 	// containers or as a native sidecar (an init container with

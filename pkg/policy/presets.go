@@ -20,6 +20,7 @@ func istioPreset() Preset {
 		OutboundPort:         15001,
 		InboundPort:          15006,
 		NeverCapturedInbound: []uint16{15008, 15020, 15021, 15090},
+		TunnelPort:           15008,
 		SidecarContainer:     "istio-proxy",
 		InjectedAnnotation:   "sidecar.istio.io/status",
 		// istio-cni reads the label first, then the annotation, with
