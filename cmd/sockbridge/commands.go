@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"strings"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
@@ -12,6 +13,7 @@ import (
 	"github.com/sockbridge/sockbridge/pkg/agent"
 	"github.com/sockbridge/sockbridge/pkg/cgroups"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
+	"github.com/sockbridge/sockbridge/pkg/policy"
 )
 
 // usageError marks errors in the command line (exit code 2).
@@ -33,7 +35,7 @@ func newRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newAgentCommand(), newUninstallCommand(), newMapsCommand(), newVersionCommand())
+	root.AddCommand(newAgentCommand(), newUninstallCommand(), newMapsCommand(), newVersionCommand(), newProbeCommand())
 	return root
 }
 
@@ -53,6 +55,26 @@ func (f *datapathFlags) register(c *cobra.Command) {
 	fl.Uint32Var(&f.cfg.ProxyGID, "proxy-gid", f.cfg.ProxyGID, "gid of the sidecar")
 	fl.Uint16Var(&f.cfg.OutboundPort, "outbound-port", f.cfg.OutboundPort, "sidecar port for captured outbound connections")
 	fl.Uint16Var(&f.cfg.InboundPort, "inbound-port", f.cfg.InboundPort, "sidecar port for inbound connections")
+}
+
+// applyPreset takes the sidecar identity and ports from the preset, except
+// those given explicitly on the command line.
+func (f *datapathFlags) applyPreset(c *cobra.Command, p *policy.Preset) {
+	given := f.cfg
+	f.cfg.ForPreset(p)
+	fl := c.Flags()
+	if fl.Changed("proxy-uid") {
+		f.cfg.ProxyUID = given.ProxyUID
+	}
+	if fl.Changed("proxy-gid") {
+		f.cfg.ProxyGID = given.ProxyGID
+	}
+	if fl.Changed("outbound-port") {
+		f.cfg.OutboundPort = given.OutboundPort
+	}
+	if fl.Changed("inbound-port") {
+		f.cfg.InboundPort = given.InboundPort
+	}
 }
 
 func (f *datapathFlags) resolve() error {
@@ -76,6 +98,9 @@ func newAgentCommand() *cobra.Command {
 		podFile  string
 		logLevel string
 		cleanup  bool
+		splice   string
+		disable  []string
+		mesh     string
 	)
 	c := &cobra.Command{
 		Use:   "agent",
@@ -91,9 +116,19 @@ func newAgentCommand() *cobra.Command {
 			if err := dpf.resolve(); err != nil {
 				return err
 			}
+			switch splice {
+			case agent.SpliceAuto, agent.SpliceOn, agent.SpliceOff:
+			default:
+				return usageError{fmt.Errorf("--splice %q: want auto, on or off", splice)}
+			}
+			preset, err := policy.PresetByName(mesh)
+			if err != nil {
+				return usageError{fmt.Errorf("--mesh: %w", err)}
+			}
+			dpf.applyPreset(c, preset)
 			return agent.Run(c.Context(), agent.Config{
 				Datapath: dpf.cfg, CgroupRoot: dpf.cgroupRoot, PodFile: podFile,
-				UninstallOnExit: cleanup, Log: log,
+				UninstallOnExit: cleanup, Splice: splice, DisableFeatures: disable, Log: log,
 			})
 		},
 	}
@@ -101,6 +136,9 @@ func newAgentCommand() *cobra.Command {
 	c.Flags().StringVar(&podFile, "pods-file", "", "static pod list (JSON, see docs/pods-file.md); SIGHUP rereads it")
 	c.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	c.Flags().BoolVar(&cleanup, "uninstall-on-exit", false, "remove the datapath when the agent stops (default: leave it attached)")
+	c.Flags().StringVar(&splice, "splice", agent.SpliceAuto, "socket splicing: auto (on where the probe passes), on (required), off; off for sidecars that use splice(2)")
+	c.Flags().StringArrayVar(&disable, "disable-feature", nil, "treat a probe feature as missing, e.g. sk_msg (repeatable; see `sockbridge probe`)")
+	c.Flags().StringVar(&mesh, "mesh", "istio", "mesh preset: "+strings.Join(policy.PresetNames(), ", ")+" (sets proxy uid/gid and ports unless given)")
 	return c
 }
 

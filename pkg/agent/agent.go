@@ -9,12 +9,21 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/sockbridge/sockbridge/pkg/datapath"
 	"github.com/sockbridge/sockbridge/pkg/podfile"
+	"github.com/sockbridge/sockbridge/pkg/probe"
+)
+
+// Splice modes.
+const (
+	SpliceAuto = "auto" // on when the probe passes every splice feature
+	SpliceOn   = "on"   // required: the agent refuses to start without it
+	SpliceOff  = "off"
 )
 
 // Config is the agent's configuration.
@@ -26,12 +35,69 @@ type Config struct {
 	PodFile string
 	// UninstallOnExit removes the datapath when the agent stops.
 	UninstallOnExit bool
-	Log             *logrus.Logger
+	// Splice is SpliceAuto, SpliceOn or SpliceOff.
+	Splice string
+	// DisableFeatures are probe features to treat as missing, to force a
+	// feature off (e.g. "sk_msg" turns splicing off).
+	DisableFeatures []string
+	// Probe runs the kernel capability probe; nil runs probe.Run.
+	Probe func(context.Context) (*probe.Report, error)
+	Log   *logrus.Logger
 }
 
-// Run installs the datapath and serves until ctx ends.
+// Plan probes the kernel and decides what the agent enables: the probe's
+// plan, minus the features turned off. It fails with the probe's one-line
+// reason when an essential is missing.
+func Plan(ctx context.Context, cfg Config) (probe.Plan, error) {
+	run := cfg.Probe
+	if run == nil {
+		run = func(ctx context.Context) (*probe.Report, error) {
+			return probe.Run(ctx, probe.Options{CgroupRoot: cfg.CgroupRoot})
+		}
+	}
+	report, err := run(ctx)
+	if err != nil {
+		return probe.Plan{}, fmt.Errorf("probe the kernel: %w", err)
+	}
+	for _, name := range cfg.DisableFeatures {
+		if _, ok := report.Feature(name); !ok {
+			return probe.Plan{}, fmt.Errorf("--disable-feature %q: no such feature (`sockbridge probe` lists them)", name)
+		}
+	}
+	report = report.Without(cfg.DisableFeatures...)
+	if err := report.Err(); err != nil {
+		return probe.Plan{}, err
+	}
+	plan := report.Plan()
+	switch cfg.Splice {
+	case SpliceAuto, "":
+	case SpliceOn:
+		if !plan.Splice {
+			return plan, fmt.Errorf("--splice=on but %s", strings.Join(plan.Reasons, "; "))
+		}
+	case SpliceOff:
+		if plan.Splice {
+			plan.Splice = false
+			plan.Reasons = append(plan.Reasons, "splice: off because --splice=off")
+		}
+	default:
+		return plan, fmt.Errorf("--splice %q: want auto, on or off", cfg.Splice)
+	}
+	return plan, nil
+}
+
+// Run probes the kernel, installs the datapath the plan allows and serves
+// until ctx ends.
 func Run(ctx context.Context, cfg Config) (err error) {
 	log := cfg.Log
+	plan, err := Plan(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	for _, line := range plan.Lines() {
+		log.Info("plan: " + line)
+	}
+	cfg.Datapath.Splice = plan.Splice
 	cfg.Datapath.Log = log
 	dp, err := datapath.Load(cfg.Datapath)
 	if err != nil {
@@ -47,7 +113,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	log.WithFields(logrus.Fields{
 		"cgroup": cfg.Datapath.CgroupPath, "pins": cfg.Datapath.PinDir,
 		"outbound_port": cfg.Datapath.OutboundPort, "inbound_port": cfg.Datapath.InboundPort,
-		"proxy_uid": cfg.Datapath.ProxyUID,
+		"proxy_uid": cfg.Datapath.ProxyUID, "splice": cfg.Datapath.Splice,
 	}).Info("datapath ready")
 
 	hup := make(chan os.Signal, 1)

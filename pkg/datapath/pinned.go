@@ -13,6 +13,10 @@ type Snapshot struct {
 	Pods     []Pod             `json:"pods"`
 	Stats    map[string]uint64 `json:"stats"`
 	InFlight int               `json:"in_flight_handshakes"`
+	// Spliced counts the sockets in the sockhash (two per spliced flow).
+	Spliced int `json:"spliced_sockets"`
+	// Flows lists the sockets that carry sockbridge state.
+	Flows []Flow `json:"flows"`
 }
 
 // ReadPinned reads the maps an agent pinned in pinDir without loading any
@@ -35,8 +39,11 @@ func ReadPinned(pinDir string) (*Snapshot, error) {
 	dp.maps.SbPorts = open("sb_ports")
 	dp.maps.SbCidrExcl = open("sb_cidr_excl")
 	dp.maps.SbCidrIncl = open("sb_cidr_incl")
+	dp.maps.SbSockhash = open("sb_sockhash")
+	dp.maps.SbSocks = open("sb_socks")
 	defer func() {
-		for _, m := range []*ebpf.Map{dp.maps.SbPods, dp.maps.SbStats, dp.maps.SbTuples, dp.maps.SbPorts, dp.maps.SbCidrExcl, dp.maps.SbCidrIncl} {
+		for _, m := range []*ebpf.Map{dp.maps.SbPods, dp.maps.SbStats, dp.maps.SbTuples, dp.maps.SbPorts,
+			dp.maps.SbCidrExcl, dp.maps.SbCidrIncl, dp.maps.SbSockhash, dp.maps.SbSocks} {
 			if m != nil {
 				m.Close()
 			}
@@ -58,5 +65,26 @@ func ReadPinned(pinDir string) (*Snapshot, error) {
 	if s.InFlight, err = dp.InFlightTuples(); err != nil {
 		return nil, err
 	}
+	if s.Spliced, err = dp.SplicedSockets(); err != nil {
+		return nil, err
+	}
+	if s.Flows, err = pinnedFlows(dp.maps.SbSocks); err != nil {
+		return nil, err
+	}
 	return &s, nil
+}
+
+// pinnedFlows loads the flow iterator against the pinned socket storage.
+func pinnedFlows(socks *ebpf.Map) ([]Flow, error) {
+	spec, err := loadIter()
+	if err != nil {
+		return nil, fmt.Errorf("load iter spec: %w", err)
+	}
+	var objs iterObjects
+	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"sb_socks": socks}}
+	if err := spec.LoadAndAssign(&objs.iterPrograms, opts); err != nil {
+		return nil, fmt.Errorf("load flow iterator: %w", err)
+	}
+	defer objs.iterPrograms.Close()
+	return readFlows(objs.IterSocks, socks)
 }

@@ -1,0 +1,119 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sockbridge/sockbridge/internal/testutil"
+)
+
+type snapshot struct {
+	Stats   map[string]uint64 `json:"stats"`
+	Spliced int               `json:"spliced_sockets"`
+	Flows   []struct {
+		Role string `json:"role"`
+	} `json:"flows"`
+}
+
+func readMaps(t *testing.T, pinDir string) snapshot {
+	t.Helper()
+	out, err := exec.Command(bin.sockbridge, "maps", "--bpffs-dir", pinDir).CombinedOutput()
+	var s snapshot
+	if err != nil || json.Unmarshal(out, &s) != nil {
+		t.Fatalf("sockbridge maps: %v\n%s", err, out)
+	}
+	return s
+}
+
+// The agent acts on the probe: a feature reported missing changes the plan
+// and traffic still flows; a missing essential stops it with one line
+// before it installs anything.
+func TestAgentFollowsProbePlan(t *testing.T) {
+	e := newBareEnv(t)
+	a := e.addPod("a", podAIP, podOpts{sidecar: true})
+	podFile := filepath.Join(e.dir, "pods.json")
+	writeJSON(t, podFile, map[string]any{"pods": []map[string]any{{"name": "test/a", "cgroup": a.cgroup, "ip": podAIP.String()}}})
+	args := func(extra ...string) []string {
+		return append([]string{bin.sockbridge, "agent", "--cgroup", e.cgroup, "--bpffs-dir", e.pinDir, "--pods-file", podFile}, extra...)
+	}
+	// A connection held open while the maps are read: a spliced flow has
+	// two sockets in the sockhash while it lives.
+	holdOpen := func() *testutil.Proc {
+		h := testutil.Start(t, testutil.ProcSpec{Netns: a.ns, Cgroup: a.app, Args: []string{bin.sbpeer, "hold", "-addr", serverAddr(), "-for", "30s"}})
+		if !h.WaitOutput("connected", 5*time.Second) {
+			t.Fatalf("hold: %s", h.Output())
+		}
+		return h
+	}
+
+	t.Run("splicing reported missing", func(t *testing.T) {
+		agent := testutil.Start(t, testutil.ProcSpec{Args: args("--disable-feature", "sk_msg")})
+		if !agent.WaitOutput("pods synced", 10*time.Second) {
+			t.Fatalf("agent did not start:\n%s", agent.Output())
+		}
+		if !strings.Contains(agent.Output(), "splice: off because sk_msg") {
+			t.Errorf("agent log does not give the plan:\n%s", agent.Output())
+		}
+		var r roundtripResult
+		a.run(t, &r, "roundtrip", "-addr", serverAddr(), "-bytes", "100000")
+		if !r.Intact || len(a.sidecar.LogLines("outbound")) != 1 {
+			t.Fatalf("not captured: %+v\n%s", r, a.sidecar.Output())
+		}
+		h := holdOpen()
+		s := readMaps(t, e.pinDir)
+		h.Stop()
+		if s.Spliced != 0 || s.Stats["splice_added"] != 0 || s.Stats["splice_redirected"] != 0 {
+			t.Errorf("sockets entered the sockhash with splicing off: %+v", s)
+		}
+		if len(s.Flows) != 2 {
+			t.Errorf("live flows while a connection is open: %+v, want app and sidecar sockets", s.Flows)
+		}
+		stopAgent(t, agent)
+	})
+
+	t.Run("splicing available", func(t *testing.T) {
+		agent := testutil.Start(t, testutil.ProcSpec{Args: args()})
+		if !agent.WaitOutput("pods synced", 10*time.Second) {
+			t.Fatalf("agent did not start:\n%s", agent.Output())
+		}
+		if !strings.Contains(agent.Output(), "plan: splice: on") {
+			t.Errorf("agent log does not say splice on:\n%s", agent.Output())
+		}
+		h := holdOpen()
+		s := readMaps(t, e.pinDir)
+		h.Stop()
+		if s.Spliced != 2 || s.Stats["splice_added"] < 2 {
+			t.Errorf("want the open flow's two sockets in the sockhash: %+v", s)
+		}
+		stopAgent(t, agent)
+	})
+
+	t.Run("essential missing", func(t *testing.T) {
+		if out, err := exec.Command(bin.sockbridge, "uninstall", "--bpffs-dir", e.pinDir).CombinedOutput(); err != nil {
+			t.Fatalf("uninstall: %v\n%s", err, out)
+		}
+		cmd := exec.Command(args("--disable-feature", "cgroup/getsockopt")[0], args("--disable-feature", "cgroup/getsockopt")[1:]...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+			t.Fatalf("agent exit: %v, want exit code 1\n%s", err, stderr.String())
+		}
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		last := lines[len(lines)-1]
+		if !strings.Contains(last, "cgroup/getsockopt") || !strings.Contains(last, "Linux 5.3") || strings.Contains(stderr.String(), "verifier") {
+			t.Errorf("want one line naming cgroup/getsockopt and Linux 5.3, got:\n%s", stderr.String())
+		}
+		if _, err := os.Stat(e.pinDir); !os.IsNotExist(err) {
+			t.Errorf("the refusing agent left %s behind", e.pinDir)
+		}
+		if progs := attachedPrograms(t, e.cgroup); len(progs) != 0 {
+			t.Errorf("the refusing agent attached %v", progs)
+		}
+	})
+}
