@@ -8,7 +8,7 @@ BIN := bin
 GENERATE_PKGS := ./pkg/datapath/... ./pkg/probe/...
 BPF_SOURCES := $(wildcard bpf/*.c bpf/lib/*.h)
 
-.PHONY: help generate build test test-unit test-privileged bench demo format lint check-generated deps clean
+.PHONY: help generate build test test-unit test-privileged fuzz bench demo format lint check-generated deps clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -20,14 +20,22 @@ build: ## Build bin/sockbridge and bin/sbpeer (no clang needed)
 	$(GO) build -o $(BIN)/sockbridge ./cmd/sockbridge
 	$(GO) build -o $(BIN)/sbpeer ./tests/sbpeer
 
-test-unit: ## Run the unprivileged unit tests
-	$(GO) test -count=1 ./pkg/... ./cmd/... ./internal/...
+UNIT_PKGS := ./pkg/... ./cmd/... ./internal/...
+PRIVILEGED_PKGS := ./tests/...
 
-test-privileged: ## Run the privileged end-to-end tests (root, real kernel; CI=true turns skips into failures)
-	$(GO) test -count=1 -timeout 60m ./tests/...
+test-unit: ## Run the unit tests (no root needed; privileged tests in pkg/probe skip without root)
+	$(GO) test -count=1 $(UNIT_PKGS)
 
-test: deps kube-apiserver ## Run every test: unit and privileged end-to-end (as root)
-	$(GO) test -count=1 -timeout 75m ./... 2>&1 | tee /tmp/sockbridge-test.log | grep -v '^=== \(RUN\|PAUSE\|CONT\)'; exit $${PIPESTATUS[0]}
+test-privileged: deps kube-apiserver ## Run the privileged end-to-end tests, one package at a time (root; CI=true turns skips into failures)
+	$(GO) test -count=1 -p 1 -timeout 60m $(PRIVILEGED_PKGS)
+
+fuzz: ## Fuzz the annotation parser briefly (FUZZTIME, default 10s)
+	$(GO) test -run='^$$' -fuzz=FuzzEvaluate -fuzztime=$(or $(FUZZTIME),10s) ./pkg/policy
+
+test: deps kube-apiserver ## Run every test: unit, fuzz, privileged end-to-end (as root)
+	$(GO) test -count=1 $(UNIT_PKGS)
+	$(MAKE) --no-print-directory fuzz
+	$(GO) test -count=1 -p 1 -timeout 60m $(PRIVILEGED_PKGS)
 
 demo: deps build ## Build, probe the kernel and run two demo pods through the datapath with HAProxy as sidecar (root)
 	$(GO) run ./tests/demo

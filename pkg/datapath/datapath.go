@@ -235,10 +235,6 @@ func (dp *Datapath) loadCollections() (map[string]*ebpf.Program, error) {
 	if err := sockops.Variables["splice_enabled"].Set(boolByte(dp.cfg.Splice)); err != nil {
 		return nil, fmt.Errorf("set constant splice_enabled: %w", err)
 	}
-	iter, err := loadIter()
-	if err != nil {
-		return nil, fmt.Errorf("load iter spec: %w", err)
-	}
 	skmsg, err := loadSkmsg()
 	if err != nil {
 		return nil, fmt.Errorf("load skmsg spec: %w", err)
@@ -246,7 +242,7 @@ func (dp *Datapath) loadCollections() (map[string]*ebpf.Program, error) {
 
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dp.cfg.PinDir}}
 	programs := map[string]*ebpf.Program{}
-	for _, spec := range []*ebpf.CollectionSpec{connect, sockops, sockopt, iter, skmsg} {
+	for _, spec := range []*ebpf.CollectionSpec{connect, sockops, sockopt, skmsg} {
 		coll, err := ebpf.NewCollectionWithOptions(spec, *opts)
 		if err != nil {
 			return nil, describeLoadError(err, dp.cfg.PinDir)
@@ -259,8 +255,24 @@ func (dp *Datapath) loadCollections() (map[string]*ebpf.Program, error) {
 	if err := dp.colls[0].Assign(&dp.maps); err != nil {
 		return nil, fmt.Errorf("assign maps: %w", err)
 	}
-	dp.iter = programs["iter_socks"]
+	dp.iter = dp.loadIter()
 	return programs, nil
+}
+
+// loadIter loads the flow iterator, which only inspection needs: without
+// it (kernel < 5.9) the datapath runs and Flows reports an error.
+func (dp *Datapath) loadIter() *ebpf.Program {
+	spec, err := loadIter()
+	if err == nil {
+		var coll *ebpf.Collection
+		coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dp.cfg.PinDir}})
+		if err == nil {
+			dp.colls = append(dp.colls, coll)
+			return coll.Programs["iter_socks"]
+		}
+	}
+	dp.cfg.Log.WithError(err).Warn("flow iterator unavailable (needs kernel 5.9): live flows cannot be listed")
+	return nil
 }
 
 func (dp *Datapath) setConstants(spec *ebpf.CollectionSpec) error {

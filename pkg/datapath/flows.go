@@ -33,7 +33,7 @@ func (dp *Datapath) LiveSockets() (int, error) {
 // iter/bpf_sk_storage_map program (kernel 5.9).
 func (dp *Datapath) Flows() ([]Flow, error) {
 	if dp.iter == nil {
-		return nil, fmt.Errorf("flow iterator not loaded")
+		return nil, fmt.Errorf("flow iterator not loaded (needs kernel 5.9)")
 	}
 	return readFlows(dp.iter, dp.maps.SbSocks)
 }

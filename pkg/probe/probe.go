@@ -1,0 +1,195 @@
+// Package probe finds out what this node's kernel can do for sockbridge,
+// by trying each capability rather than reading the kernel version: vendor
+// kernels backport and renumber helpers.
+//
+// Run checks the host (cgroup v2, bpffs, BTF), every program type, map type
+// and helper the datapath uses (with github.com/cilium/ebpf/features),
+// attaches a trivial program for each attach type to a temporary child
+// cgroup (through bpf_link), and runs functional self-tests where a feature
+// can exist but misbehave: a connect4 rewrite, a getsockopt answer, and a
+// sockhash + sk_msg redirect whose receiver must report the bytes queued
+// through FIONREAD. Report.Plan says what the agent can enable;
+// Report.Err is the one line the agent exits with when capture is
+// impossible.
+//
+// Kernel: the probe itself runs on any kernel with bpf(2); it needs root
+// (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for the temporary cgroup and
+// network namespace). The self-tests start their helper process straight in
+// the temporary cgroup (clone3 with CLONE_INTO_CGROUP, Linux 5.7); on an
+// older kernel they fail, which the essential features fail anyway.
+//
+// Self-test helpers: importing this package registers a hook that runs
+// before main. A process started by the probe with SOCKBRIDGE_PROBE_SELFTEST
+// set runs one self-test's client side and exits; the probe re-executes
+// /proc/self/exe for this, so any binary that imports the package (the
+// sockbridge command, a test binary) can run the probe. Nothing happens
+// when the variable is not set.
+package probe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/sockbridge/sockbridge/pkg/cgroups"
+)
+
+// DefaultBPFFS is the bpffs mount the datapath pins under.
+const DefaultBPFFS = "/sys/fs/bpf"
+
+// Options says where the probe looks and where it may create its temporary
+// cgroups.
+type Options struct {
+	// CgroupRoot is the cgroup v2 mount point; "" detects it
+	// (pkg/cgroups.Root).
+	CgroupRoot string
+	// CgroupParent is the cgroup v2 directory under which the probe
+	// creates its temporary cgroups (sockbridge-probe-<random>), absolute
+	// or relative to CgroupRoot; "" means CgroupRoot. Programs are only
+	// ever attached to those temporary cgroups, never to CgroupParent.
+	CgroupParent string
+	// BPFFS is the directory that must be on a bpf filesystem for the
+	// datapath's pins; "" means DefaultBPFFS.
+	BPFFS string
+}
+
+// Run probes the kernel and returns the report. It returns an error only
+// when it cannot probe at all (not root, no uname); a missing feature is a
+// result in the report, see Report.Err and Report.Plan. Everything Run
+// creates (cgroups, network namespaces, programs, maps, processes) is gone
+// when it returns, or it returns an error naming what it could not remove.
+func Run(ctx context.Context, opts Options) (*Report, error) {
+	start := time.Now()
+	release, err := kernelRelease()
+	if err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("probe the kernel: remove memlock rlimit, run as root: %w", err)
+	}
+	if err := features.HaveMapType(ebpf.Hash); errors.Is(err, unix.EPERM) {
+		return nil, fmt.Errorf("probe the kernel: bpf(2) not permitted, run as root: %w", err)
+	}
+
+	r := &Report{SchemaVersion: SchemaVersion, KernelRelease: release}
+	cgroup2, root := probeCgroup2(opts.CgroupRoot)
+	r.Features = append(r.Features, cgroup2, probeBPFFS(opts.BPFFS), probeBTF())
+
+	var parent string
+	if cgroup2.Supported {
+		parent = root
+		if opts.CgroupParent != "" {
+			parent = cgroups.Resolve(root, opts.CgroupParent)
+		}
+	}
+	// The self-tests mostly wait for their helper processes to start:
+	// probe the types meanwhile.
+	var (
+		types, hooks []Feature
+		hooksErr     error
+		wg           sync.WaitGroup
+	)
+	wg.Go(func() { hooks, hooksErr = probeCgroupHooks(ctx, parent) })
+	types = probeTypes()
+	wg.Wait()
+	if hooksErr != nil {
+		return nil, fmt.Errorf("clean up after the probe: %w", hooksErr)
+	}
+	r.Features = append(append(r.Features, types...), hooks...)
+	r.DurationMS = time.Since(start).Milliseconds()
+	return r, nil
+}
+
+func kernelRelease() (string, error) {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "", fmt.Errorf("uname: %w", err)
+	}
+	return unix.ByteSliceToString(u.Release[:]), nil
+}
+
+// probeCgroup2 finds the cgroup v2 hierarchy and returns its root.
+func probeCgroup2(root string) (Feature, string) {
+	f := Feature{Name: "cgroup2", Kind: KindKernel, MinKernel: "4.5", NeededFor: NeedCapture}
+	mounts, err := cgroups.Mounts()
+	if err != nil {
+		f.Error = err.Error()
+		return finish(f), ""
+	}
+	if root == "" {
+		root, err = cgroups.Root()
+		if err != nil {
+			f.Error = err.Error()
+			return finish(f), ""
+		}
+	} else if ok, err := cgroups.IsCgroup2(root); err != nil || !ok {
+		f.Error = fmt.Sprintf("%s is not a cgroup v2 mount", root)
+		if err != nil {
+			f.Error = err.Error()
+		}
+		return finish(f), ""
+	}
+	f.Supported = true
+	f.Detail = "root " + root
+	if len(mounts) > 1 {
+		f.Detail += fmt.Sprintf(" (cgroup2 mounts: %v)", mounts)
+	}
+	return finish(f), root
+}
+
+// probeBPFFS checks that the pin directory's filesystem is bpffs.
+func probeBPFFS(dir string) Feature {
+	f := Feature{Name: "bpffs", Kind: KindKernel, MinKernel: "4.4", NeededFor: NeedCapture}
+	if dir == "" {
+		dir = DefaultBPFFS
+	}
+	var st unix.Statfs_t
+	switch err := unix.Statfs(dir, &st); {
+	case err != nil:
+		f.Error = fmt.Sprintf("statfs %s: %v", dir, err)
+	case st.Type != unix.BPF_FS_MAGIC:
+		f.Error = fmt.Sprintf("%s is not a bpf filesystem (mount -t bpf bpf %s)", dir, dir)
+	default:
+		f.Supported = true
+		f.Detail = dir
+	}
+	return finish(f)
+}
+
+// probeBTF looks for the kernel's own BTF, which programs that read kernel
+// structs (CO-RE) need; the capture programs read only their context.
+func probeBTF() Feature {
+	const path = "/sys/kernel/btf/vmlinux"
+	f := Feature{Name: "btf", Kind: KindKernel, MinKernel: "5.4", NeededFor: NeedNone}
+	if _, err := os.Stat(path); err != nil {
+		f.Error = err.Error()
+	} else {
+		f.Supported = true
+		f.Detail = path
+	}
+	return finish(f)
+}
+
+// finish sets the fields derived from others.
+func finish(f Feature) Feature {
+	f.Essential = f.NeededFor == NeedCapture
+	return f
+}
+
+// result turns a check's error into a feature.
+func result(f Feature, err error) Feature {
+	if err == nil {
+		f.Supported = true
+	} else {
+		f.Error = err.Error()
+	}
+	return finish(f)
+}
