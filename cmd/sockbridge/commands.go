@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"runtime/debug"
 	"strings"
 
@@ -101,6 +102,8 @@ func newAgentCommand() *cobra.Command {
 		splice   string
 		disable  []string
 		mesh     string
+		nodeName string
+		kubecfg  string
 	)
 	c := &cobra.Command{
 		Use:   "agent",
@@ -116,6 +119,12 @@ func newAgentCommand() *cobra.Command {
 			if err := dpf.resolve(); err != nil {
 				return err
 			}
+			if podFile == "" && nodeName == "" {
+				return usageError{errors.New("no pod source: give --node-name (or $NODE_NAME) for Kubernetes, or --pods-file")}
+			}
+			if podFile != "" && nodeName != "" {
+				return usageError{errors.New("--pods-file and --node-name exclude each other")}
+			}
 			switch splice {
 			case agent.SpliceAuto, agent.SpliceOn, agent.SpliceOff:
 			default:
@@ -129,6 +138,7 @@ func newAgentCommand() *cobra.Command {
 			return agent.Run(c.Context(), agent.Config{
 				Datapath: dpf.cfg, CgroupRoot: dpf.cgroupRoot, PodFile: podFile,
 				UninstallOnExit: cleanup, Splice: splice, DisableFeatures: disable, Log: log,
+				NodeName: nodeName, Kubeconfig: kubecfg, Preset: preset,
 			})
 		},
 	}
@@ -137,7 +147,9 @@ func newAgentCommand() *cobra.Command {
 	c.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	c.Flags().BoolVar(&cleanup, "uninstall-on-exit", false, "remove the datapath when the agent stops (default: leave it attached)")
 	c.Flags().StringVar(&splice, "splice", agent.SpliceAuto, "socket splicing: auto (on where the probe passes), on (required), off; off for sidecars that use splice(2)")
-	c.Flags().StringArrayVar(&disable, "disable-feature", nil, "treat a probe feature as missing, e.g. sk_msg (repeatable; see `sockbridge probe`)")
+	c.Flags().StringArrayVar(&disable, "disable-feature", nil, "treat a probe feature as missing, e.g. sk_msg, to force it off (repeatable; names as sockbridge probe prints them)")
+	c.Flags().StringVar(&nodeName, "node-name", os.Getenv("NODE_NAME"), "watch this node's pods through the Kubernetes API (default $NODE_NAME)")
+	c.Flags().StringVar(&kubecfg, "kubeconfig", "", "kubeconfig file (default: in-cluster service account)")
 	c.Flags().StringVar(&mesh, "mesh", "istio", "mesh preset: "+strings.Join(policy.PresetNames(), ", ")+" (sets proxy uid/gid and ports unless given)")
 	return c
 }

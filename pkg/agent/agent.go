@@ -14,8 +14,10 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/sockbridge/sockbridge/pkg/controller"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
 	"github.com/sockbridge/sockbridge/pkg/podfile"
+	"github.com/sockbridge/sockbridge/pkg/policy"
 	"github.com/sockbridge/sockbridge/pkg/probe"
 )
 
@@ -32,7 +34,15 @@ type Config struct {
 	// CgroupRoot is the cgroup v2 mount pod cgroup paths are relative to.
 	CgroupRoot string
 	// PodFile is a static pod list (podfile format); SIGHUP rereads it.
+	// Exclusive with NodeName.
 	PodFile string
+	// NodeName, when set, runs the Kubernetes controller on this node's
+	// pods (the downward API's spec.nodeName).
+	NodeName string
+	// Kubeconfig is the API server credentials file; "" means in-cluster.
+	Kubeconfig string
+	// Preset is the mesh whose pods the controller captures.
+	Preset *policy.Preset
 	// UninstallOnExit removes the datapath when the agent stops.
 	UninstallOnExit bool
 	// Splice is SpliceAuto, SpliceOn or SpliceOff.
@@ -90,6 +100,9 @@ func Plan(ctx context.Context, cfg Config) (probe.Plan, error) {
 // until ctx ends.
 func Run(ctx context.Context, cfg Config) (err error) {
 	log := cfg.Log
+	if cfg.PodFile != "" && cfg.NodeName != "" {
+		return errors.New("a pod file and a node name exclude each other: take pods from one source")
+	}
 	plan, err := Plan(ctx, cfg)
 	if err != nil {
 		return err
@@ -116,6 +129,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		"proxy_uid": cfg.Datapath.ProxyUID, "splice": cfg.Datapath.Splice,
 	}).Info("datapath ready")
 
+	if cfg.NodeName != "" {
+		return runController(ctx, cfg, dp)
+	}
+
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -133,6 +150,25 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			}
 		}
 	}
+}
+
+// runController keeps the datapath equal to this node's pods until ctx
+// ends.
+func runController(ctx context.Context, cfg Config, dp *datapath.Datapath) error {
+	client, err := controller.NewClient(cfg.Kubeconfig, "sockbridge-agent/"+cfg.NodeName)
+	if err != nil {
+		return err
+	}
+	cfg.Log.WithFields(logrus.Fields{"node": cfg.NodeName, "mesh": cfg.Preset.Name}).Info("watching this node's pods")
+	err = controller.Run(ctx, controller.Config{
+		Client: client, NodeName: cfg.NodeName, Preset: cfg.Preset,
+		CgroupRoot: cfg.CgroupRoot, Datapath: dp, Log: cfg.Log,
+	})
+	if err != nil {
+		return fmt.Errorf("pod controller: %w", err)
+	}
+	cfg.Log.Info("stopping; the datapath stays attached")
+	return nil
 }
 
 // syncPodFile makes the pod map equal the file. Errors are logged, never
