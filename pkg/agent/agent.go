@@ -162,7 +162,9 @@ func runController(ctx context.Context, cfg Config, dp *datapath.Datapath) error
 	cfg.Log.WithFields(logrus.Fields{"node": cfg.NodeName, "mesh": cfg.Preset.Name}).Info("watching this node's pods")
 	err = controller.Run(ctx, controller.Config{
 		Client: client, NodeName: cfg.NodeName, Preset: cfg.Preset,
-		CgroupRoot: cfg.CgroupRoot, Datapath: dp, Log: cfg.Log,
+		// Pod cgroups are searched below the attach point: pods outside
+		// it could never be captured.
+		CgroupRoot: cfg.Datapath.CgroupPath, Datapath: dp, Log: cfg.Log,
 	})
 	if err != nil {
 		return fmt.Errorf("pod controller: %w", err)

@@ -151,17 +151,18 @@ func (dp *Datapath) UpsertPod(p Pod) error {
 		}
 	}
 
+	value := podValue(p)
 	var prev connectSbPod
-	if err := dp.maps.SbPods.Lookup(p.CgroupID, &prev); err == nil && prev.Ip4 != 0 && prev.Ip4 != ip4ToNet(p.IPv4) {
+	if err := dp.maps.SbPods.Lookup(p.CgroupID, &prev); err == nil && prev.Ip4 != 0 && prev.Ip4 != value.Ip4 {
 		if err := dp.deleteIP(prev.Ip4, p.CgroupID); err != nil {
 			return err
 		}
 	}
-	if err := dp.maps.SbPods.Put(p.CgroupID, podValue(p)); err != nil {
+	if err := dp.maps.SbPods.Put(p.CgroupID, value); err != nil {
 		return fmt.Errorf("update pod %s: %w", p.Name, err)
 	}
-	if p.IPv4.Is4() {
-		if err := dp.maps.SbPodIps.Put(ip4ToNet(p.IPv4), connectSbPodIp{CgroupId: p.CgroupID}); err != nil {
+	if value.Ip4 != 0 {
+		if err := dp.maps.SbPodIps.Put(value.Ip4, connectSbPodIp{CgroupId: p.CgroupID}); err != nil {
 			return fmt.Errorf("update pod %s ip %s: %w", p.Name, p.IPv4, err)
 		}
 	}

@@ -71,6 +71,17 @@ func TestOutboundPolicy(t *testing.T) {
 		})
 	}
 
+	// The pod loses its IP (a status update) and gets it back.
+	for _, ip := range []netip.Addr{{}, podAIP} {
+		if err := e.dp.UpsertPod(datapath.Pod{Name: "a", CgroupID: a.id, IPv4: ip, Capture: true, Outbound: outboundAll, Inbound: inboundAll}); err != nil {
+			t.Fatalf("upsert with IP %v: %v", ip, err)
+		}
+		pods, err := e.dp.Pods()
+		if err != nil || len(pods) != 1 || pods[0].IPv4 != ip {
+			t.Fatalf("pods = %+v, %v; want IP %v", pods, err, ip)
+		}
+	}
+
 	// Deleting the pod removes every rule it owned.
 	if err := e.dp.DeletePod(a.id); err != nil {
 		t.Fatal(err)
