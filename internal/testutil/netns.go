@@ -83,4 +83,3 @@ func (nw *Network) AddHost(name string, addr netip.Addr) *Netns {
 
 // Prefix is the name prefix of every namespace of the network.
 func (nw *Network) Prefix() string { return nw.prefix }
-
