@@ -78,15 +78,7 @@ func StartSidecar(t TB, s SidecarSpec) *Sidecar {
 	if err != nil {
 		t.Fatalf("haproxy not installed: %v", err)
 	}
-	// Readable by the proxy uid, unlike a test's 0700 temporary directory.
-	dir, err := os.MkdirTemp("", "sockbridge-sidecar-")
-	if err == nil {
-		err = os.Chmod(dir, 0o755)
-	}
-	if err != nil {
-		t.Fatalf("sidecar config directory: %v", err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := ReadableTempDir(t, "sockbridge-sidecar-")
 	cfg := filepath.Join(dir, fmt.Sprintf("haproxy-%s.cfg", s.Netns.Name))
 	text := sidecarConfig(s)
 	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {

@@ -74,3 +74,19 @@ func Run(t TB, name string, args ...string) string {
 	}
 	return string(out)
 }
+
+// ReadableTempDir creates a temporary directory that processes running as
+// another uid (the proxy's) can read, unlike a test's 0700 TempDir, and
+// removes it at cleanup.
+func ReadableTempDir(t TB, prefix string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
+	if err == nil {
+		err = os.Chmod(dir, 0o755)
+	}
+	if err != nil {
+		t.Fatalf("temporary directory: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}

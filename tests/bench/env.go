@@ -112,15 +112,7 @@ func buildWorld(t testutil.TB, s settings) *world {
 
 // scratchDir is a temporary directory the proxy uid can read.
 func scratchDir(t testutil.TB) string {
-	dir, err := os.MkdirTemp("", "sockbridge-bench-")
-	if err == nil {
-		err = os.Chmod(dir, 0o755)
-	}
-	if err != nil {
-		t.Fatalf("scratch directory: %v", err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
+	return testutil.ReadableTempDir(t, "sockbridge-bench-")
 }
 
 func buildSbpeer(t testutil.TB, dir string) string {

@@ -30,22 +30,10 @@ func sink(args []string) error {
 	fs := flag.NewFlagSet("sink", flag.ExitOnError)
 	listen := fs.String("listen", "0.0.0.0:8081", "address to listen on")
 	fs.Parse(args)
-	ln, err := net.Listen("tcp4", *listen)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("listening %s\n", ln.Addr())
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return err
-		}
-		go drain(c)
-	}
+	return acceptLoop(*listen, drain)
 }
 
 func drain(c net.Conn) {
-	defer c.Close()
 	fmt.Fprintf(c, "peer=%s local=%s\n", c.RemoteAddr(), c.LocalAddr())
 	h := crc32.New(castagnoli)
 	buf := make([]byte, 256<<10)

@@ -72,7 +72,20 @@ func serve(args []string) error {
 	listen := fs.String("listen", "0.0.0.0:8080", "address to listen on")
 	resetAfter := fs.Int64("reset-after", 0, "reset each connection (SO_LINGER 0) after echoing this many bytes; 0 never")
 	fs.Parse(args)
-	ln, err := net.Listen("tcp4", *listen)
+	return acceptLoop(*listen, func(c net.Conn) {
+		fmt.Fprintf(c, "peer=%s local=%s\n", c.RemoteAddr(), c.LocalAddr())
+		if *resetAfter > 0 {
+			echoThenReset(c.(*net.TCPConn), *resetAfter)
+			return
+		}
+		echo(c)
+	})
+}
+
+// acceptLoop listens on addr, says so on stdout and serves each connection
+// in its own goroutine, closing it when handle returns.
+func acceptLoop(addr string, handle func(net.Conn)) error {
+	ln, err := net.Listen("tcp4", addr)
 	if err != nil {
 		return err
 	}
@@ -84,12 +97,7 @@ func serve(args []string) error {
 		}
 		go func() {
 			defer c.Close()
-			fmt.Fprintf(c, "peer=%s local=%s\n", c.RemoteAddr(), c.LocalAddr())
-			if *resetAfter > 0 {
-				echoThenReset(c.(*net.TCPConn), *resetAfter)
-				return
-			}
-			echo(c)
+			handle(c)
 		}()
 	}
 }

@@ -155,40 +155,28 @@ func gosidecar(args []string) error {
 	fs := flag.NewFlagSet("gosidecar", flag.ExitOnError)
 	listen := fs.String("listen", "127.0.0.1:15001", "address to listen on")
 	fs.Parse(args)
-	ln, err := net.Listen("tcp4", *listen)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("listening %s\n", ln.Addr())
-	for {
-		c, err := ln.Accept()
+	return acceptLoop(*listen, func(c net.Conn) {
+		dst, err := origDst(c.(*net.TCPConn))
 		if err != nil {
-			return err
+			fmt.Printf("origdst: %v\n", err)
+			return
 		}
+		up, err := net.DialTimeout("tcp4", dst, 5*time.Second)
+		if err != nil {
+			fmt.Printf("dial %s: %v\n", dst, err)
+			return
+		}
+		defer up.Close()
+		done := make(chan struct{})
 		go func() {
-			defer c.Close()
-			dst, err := origDst(c.(*net.TCPConn))
-			if err != nil {
-				fmt.Printf("origdst: %v\n", err)
-				return
-			}
-			up, err := net.DialTimeout("tcp4", dst, 5*time.Second)
-			if err != nil {
-				fmt.Printf("dial %s: %v\n", dst, err)
-				return
-			}
-			defer up.Close()
-			done := make(chan struct{})
-			go func() {
-				io.Copy(up, c) // splice(2) from c
-				up.(*net.TCPConn).CloseWrite()
-				close(done)
-			}()
-			io.Copy(c, up)
-			c.(*net.TCPConn).CloseWrite()
-			<-done
+			io.Copy(up, c) // splice(2) from c
+			up.(*net.TCPConn).CloseWrite()
+			close(done)
 		}()
-	}
+		io.Copy(c, up)
+		c.(*net.TCPConn).CloseWrite()
+		<-done
+	})
 }
 
 func origDst(c *net.TCPConn) (string, error) {
