@@ -5,7 +5,8 @@
  *
  * Kernel: cgroup/connect4 4.17, bpf_bind 4.17, bpf_sk_storage_get from
  * sock_addr programs 5.11 (earlier kernels reject the program),
- * bpf_get_current_ancestor_cgroup_id 5.7, cgroup/getpeername4 5.8.
+ * bpf_get_current_ancestor_cgroup_id 5.7, bpf_get_current_cgroup_id 4.18,
+ * LRU hash 4.10, cgroup/getpeername4 5.8.
  */
 #include "lib/sockbridge.h"
 
@@ -29,26 +30,51 @@ static const enum sb_sock_flag sb_sock_flag_btf __attribute__((used));
 static const enum sb_port_action sb_port_action_btf __attribute__((used));
 static const enum sb_direction sb_direction_btf __attribute__((used));
 
-/* Finds the pod the current task belongs to by looking up each ancestor
- * cgroup of the task in sb_pods. Pod cgroups do not nest, so the first hit
- * is the pod. */
-static __always_inline struct sb_pod *current_pod(__u64 *cgroup_id)
+/* Finds the pod cgroup above the current task by looking up each ancestor
+ * cgroup in sb_pods; pod cgroups do not nest, so the first hit is the pod.
+ * Returns the pod's cgroup id, 0 when there is none. */
+static __always_inline __u64 walk_to_pod(void)
 {
-	struct sb_pod *pod;
 	__u64 id;
 	int level;
 
+	sb_count(SB_STAT_CGROUP_WALK);
 	for (level = 1; level <= SB_MAX_CGROUP_LEVEL; level++) {
 		id = bpf_get_current_ancestor_cgroup_id(level);
 		if (!id)
-			return NULL;
-		pod = bpf_map_lookup_elem(&sb_pods, &id);
-		if (pod) {
-			*cgroup_id = id;
-			return pod;
-		}
+			return 0;
+		if (bpf_map_lookup_elem(&sb_pods, &id))
+			return id;
 	}
-	return NULL;
+	return 0;
+}
+
+/* Finds the pod the current task belongs to. The answer per cgroup is
+ * cached in sb_cg_cache: a cgroup's place in the hierarchy never changes,
+ * a cached pod is still looked up in sb_pods (so a removed pod is gone at
+ * once), and a cached "in no pod" only holds until the agent adds a pod
+ * (sb_generation). */
+static __always_inline struct sb_pod *current_pod(__u64 *cgroup_id)
+{
+	__u64 self = bpf_get_current_cgroup_id();
+	struct sb_cg_entry *cached, entry = {};
+	__u32 zero = 0;
+	__u64 *gen;
+
+	gen = bpf_map_lookup_elem(&sb_generation, &zero);
+	if (gen)
+		entry.generation = *gen;
+	cached = bpf_map_lookup_elem(&sb_cg_cache, &self);
+	if (cached && cached->generation == entry.generation) {
+		entry.pod_cgroup_id = cached->pod_cgroup_id;
+	} else {
+		entry.pod_cgroup_id = walk_to_pod();
+		bpf_map_update_elem(&sb_cg_cache, &self, &entry, BPF_ANY);
+	}
+	if (!entry.pod_cgroup_id)
+		return NULL;
+	*cgroup_id = entry.pod_cgroup_id;
+	return bpf_map_lookup_elem(&sb_pods, cgroup_id);
 }
 
 static __always_inline int is_proxy(void)

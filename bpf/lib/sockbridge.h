@@ -31,6 +31,8 @@
  * level 2 or 3; nested kubelets such as kind add a few more). */
 #define SB_MAX_CGROUP_LEVEL 12
 #define SB_MAX_SKIP_PORTS 8
+/* Cgroups whose pod (or lack of one) connect4 remembers. */
+#define SB_MAX_CG_CACHE 16384
 /* Per-pod include/exclude lists, all pods together. */
 #define SB_MAX_PORT_RULES 65536
 #define SB_MAX_CIDR_RULES 16384
@@ -80,6 +82,13 @@ struct sb_cidr_key {
 struct sb_pod {
 	__u32 ip4; /* pod IPv4, network byte order; 0 when unknown (no source bind) */
 	__u32 flags; /* enum sb_pod_flag */
+};
+
+/* Value of sb_cg_cache, keyed by a task's own cgroup id: the pod that
+ * cgroup lies in, as found when sb_generation had the given value. */
+struct sb_cg_entry {
+	__u64 pod_cgroup_id; /* 0: in no pod */
+	__u64 generation;
 };
 
 /* Value of sb_pod_ips, keyed by a pod IPv4 (__u32, network byte order). */
@@ -136,6 +145,7 @@ enum sb_stat {
 	SB_STAT_SPLICE_ADD_FAILED, /* sockops: sb_sockhash update failed */
 	SB_STAT_SPLICE_REDIRECTED, /* sk_msg: message redirected to the peer socket */
 	SB_STAT_SPLICE_PASSED, /* sk_msg: no peer in sb_sockhash, message sent over TCP */
+	SB_STAT_CGROUP_WALK, /* connect4: ancestor cgroups searched (cache miss) */
 	SB_STAT_MAX,
 };
 
@@ -170,6 +180,26 @@ struct {
 	__type(value, struct sb_sock);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sb_tuples SEC(".maps");
+
+/* Which pod a cgroup lies in, so that connect() walks the ancestors once
+ * per cgroup and not on every call. A cache: eviction only costs a walk. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SB_MAX_CG_CACHE);
+	__type(key, __u64);
+	__type(value, struct sb_cg_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sb_cg_cache SEC(".maps");
+
+/* Bumped by the agent whenever it adds a pod that was not in sb_pods, which
+ * invalidates every cached "in no pod" answer. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sb_generation SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type connectSbCgEntry struct {
+	_           structs.HostLayout
+	PodCgroupId uint64
+	Generation  uint64
+}
+
 type connectSbCidrKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -103,7 +109,8 @@ const (
 	connectSbStatSB_STAT_SPLICE_ADD_FAILED connectSbStat = 9
 	connectSbStatSB_STAT_SPLICE_REDIRECTED connectSbStat = 10
 	connectSbStatSB_STAT_SPLICE_PASSED     connectSbStat = 11
-	connectSbStatSB_STAT_MAX               connectSbStat = 12
+	connectSbStatSB_STAT_CGROUP_WALK       connectSbStat = 12
+	connectSbStatSB_STAT_MAX               connectSbStat = 13
 )
 
 type connectSbTuple struct {
@@ -120,8 +127,10 @@ type connectSbTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	connectMapSbCgCache            = "sb_cg_cache"
 	connectMapSbCidrExcl           = "sb_cidr_excl"
 	connectMapSbCidrIncl           = "sb_cidr_incl"
+	connectMapSbGeneration         = "sb_generation"
 	connectMapSbPodIps             = "sb_pod_ips"
 	connectMapSbPods               = "sb_pods"
 	connectMapSbPorts              = "sb_ports"
@@ -189,15 +198,17 @@ type connectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectMapSpecs struct {
-	SbCidrExcl *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
-	SbCidrIncl *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
-	SbPodIps   *ebpf.MapSpec `ebpf:"sb_pod_ips"`
-	SbPods     *ebpf.MapSpec `ebpf:"sb_pods"`
-	SbPorts    *ebpf.MapSpec `ebpf:"sb_ports"`
-	SbSockhash *ebpf.MapSpec `ebpf:"sb_sockhash"`
-	SbSocks    *ebpf.MapSpec `ebpf:"sb_socks"`
-	SbStats    *ebpf.MapSpec `ebpf:"sb_stats"`
-	SbTuples   *ebpf.MapSpec `ebpf:"sb_tuples"`
+	SbCgCache    *ebpf.MapSpec `ebpf:"sb_cg_cache"`
+	SbCidrExcl   *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
+	SbCidrIncl   *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
+	SbGeneration *ebpf.MapSpec `ebpf:"sb_generation"`
+	SbPodIps     *ebpf.MapSpec `ebpf:"sb_pod_ips"`
+	SbPods       *ebpf.MapSpec `ebpf:"sb_pods"`
+	SbPorts      *ebpf.MapSpec `ebpf:"sb_ports"`
+	SbSockhash   *ebpf.MapSpec `ebpf:"sb_sockhash"`
+	SbSocks      *ebpf.MapSpec `ebpf:"sb_socks"`
+	SbStats      *ebpf.MapSpec `ebpf:"sb_stats"`
+	SbTuples     *ebpf.MapSpec `ebpf:"sb_tuples"`
 }
 
 // connectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -232,21 +243,25 @@ func (o *connectObjects) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectMaps struct {
-	SbCidrExcl *ebpf.Map `ebpf:"sb_cidr_excl"`
-	SbCidrIncl *ebpf.Map `ebpf:"sb_cidr_incl"`
-	SbPodIps   *ebpf.Map `ebpf:"sb_pod_ips"`
-	SbPods     *ebpf.Map `ebpf:"sb_pods"`
-	SbPorts    *ebpf.Map `ebpf:"sb_ports"`
-	SbSockhash *ebpf.Map `ebpf:"sb_sockhash"`
-	SbSocks    *ebpf.Map `ebpf:"sb_socks"`
-	SbStats    *ebpf.Map `ebpf:"sb_stats"`
-	SbTuples   *ebpf.Map `ebpf:"sb_tuples"`
+	SbCgCache    *ebpf.Map `ebpf:"sb_cg_cache"`
+	SbCidrExcl   *ebpf.Map `ebpf:"sb_cidr_excl"`
+	SbCidrIncl   *ebpf.Map `ebpf:"sb_cidr_incl"`
+	SbGeneration *ebpf.Map `ebpf:"sb_generation"`
+	SbPodIps     *ebpf.Map `ebpf:"sb_pod_ips"`
+	SbPods       *ebpf.Map `ebpf:"sb_pods"`
+	SbPorts      *ebpf.Map `ebpf:"sb_ports"`
+	SbSockhash   *ebpf.Map `ebpf:"sb_sockhash"`
+	SbSocks      *ebpf.Map `ebpf:"sb_socks"`
+	SbStats      *ebpf.Map `ebpf:"sb_stats"`
+	SbTuples     *ebpf.Map `ebpf:"sb_tuples"`
 }
 
 func (m *connectMaps) Close() error {
 	return _ConnectClose(
+		m.SbCgCache,
 		m.SbCidrExcl,
 		m.SbCidrIncl,
+		m.SbGeneration,
 		m.SbPodIps,
 		m.SbPods,
 		m.SbPorts,

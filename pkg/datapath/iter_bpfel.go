@@ -16,16 +16,18 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	iterMapSbCidrExcl = "sb_cidr_excl"
-	iterMapSbCidrIncl = "sb_cidr_incl"
-	iterMapSbPodIps   = "sb_pod_ips"
-	iterMapSbPods     = "sb_pods"
-	iterMapSbPorts    = "sb_ports"
-	iterMapSbSockhash = "sb_sockhash"
-	iterMapSbSocks    = "sb_socks"
-	iterMapSbStats    = "sb_stats"
-	iterMapSbTuples   = "sb_tuples"
-	iterProgIterSocks = "iter_socks"
+	iterMapSbCgCache    = "sb_cg_cache"
+	iterMapSbCidrExcl   = "sb_cidr_excl"
+	iterMapSbCidrIncl   = "sb_cidr_incl"
+	iterMapSbGeneration = "sb_generation"
+	iterMapSbPodIps     = "sb_pod_ips"
+	iterMapSbPods       = "sb_pods"
+	iterMapSbPorts      = "sb_ports"
+	iterMapSbSockhash   = "sb_sockhash"
+	iterMapSbSocks      = "sb_socks"
+	iterMapSbStats      = "sb_stats"
+	iterMapSbTuples     = "sb_tuples"
+	iterProgIterSocks   = "iter_socks"
 )
 
 // loadIter returns the embedded CollectionSpec for iter.
@@ -77,15 +79,17 @@ type iterProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type iterMapSpecs struct {
-	SbCidrExcl *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
-	SbCidrIncl *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
-	SbPodIps   *ebpf.MapSpec `ebpf:"sb_pod_ips"`
-	SbPods     *ebpf.MapSpec `ebpf:"sb_pods"`
-	SbPorts    *ebpf.MapSpec `ebpf:"sb_ports"`
-	SbSockhash *ebpf.MapSpec `ebpf:"sb_sockhash"`
-	SbSocks    *ebpf.MapSpec `ebpf:"sb_socks"`
-	SbStats    *ebpf.MapSpec `ebpf:"sb_stats"`
-	SbTuples   *ebpf.MapSpec `ebpf:"sb_tuples"`
+	SbCgCache    *ebpf.MapSpec `ebpf:"sb_cg_cache"`
+	SbCidrExcl   *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
+	SbCidrIncl   *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
+	SbGeneration *ebpf.MapSpec `ebpf:"sb_generation"`
+	SbPodIps     *ebpf.MapSpec `ebpf:"sb_pod_ips"`
+	SbPods       *ebpf.MapSpec `ebpf:"sb_pods"`
+	SbPorts      *ebpf.MapSpec `ebpf:"sb_ports"`
+	SbSockhash   *ebpf.MapSpec `ebpf:"sb_sockhash"`
+	SbSocks      *ebpf.MapSpec `ebpf:"sb_socks"`
+	SbStats      *ebpf.MapSpec `ebpf:"sb_stats"`
+	SbTuples     *ebpf.MapSpec `ebpf:"sb_tuples"`
 }
 
 // iterVariableSpecs contains global variables before they are loaded into the kernel.
@@ -114,21 +118,25 @@ func (o *iterObjects) Close() error {
 //
 // It can be passed to loadIterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type iterMaps struct {
-	SbCidrExcl *ebpf.Map `ebpf:"sb_cidr_excl"`
-	SbCidrIncl *ebpf.Map `ebpf:"sb_cidr_incl"`
-	SbPodIps   *ebpf.Map `ebpf:"sb_pod_ips"`
-	SbPods     *ebpf.Map `ebpf:"sb_pods"`
-	SbPorts    *ebpf.Map `ebpf:"sb_ports"`
-	SbSockhash *ebpf.Map `ebpf:"sb_sockhash"`
-	SbSocks    *ebpf.Map `ebpf:"sb_socks"`
-	SbStats    *ebpf.Map `ebpf:"sb_stats"`
-	SbTuples   *ebpf.Map `ebpf:"sb_tuples"`
+	SbCgCache    *ebpf.Map `ebpf:"sb_cg_cache"`
+	SbCidrExcl   *ebpf.Map `ebpf:"sb_cidr_excl"`
+	SbCidrIncl   *ebpf.Map `ebpf:"sb_cidr_incl"`
+	SbGeneration *ebpf.Map `ebpf:"sb_generation"`
+	SbPodIps     *ebpf.Map `ebpf:"sb_pod_ips"`
+	SbPods       *ebpf.Map `ebpf:"sb_pods"`
+	SbPorts      *ebpf.Map `ebpf:"sb_ports"`
+	SbSockhash   *ebpf.Map `ebpf:"sb_sockhash"`
+	SbSocks      *ebpf.Map `ebpf:"sb_socks"`
+	SbStats      *ebpf.Map `ebpf:"sb_stats"`
+	SbTuples     *ebpf.Map `ebpf:"sb_tuples"`
 }
 
 func (m *iterMaps) Close() error {
 	return _IterClose(
+		m.SbCgCache,
 		m.SbCidrExcl,
 		m.SbCidrIncl,
+		m.SbGeneration,
 		m.SbPodIps,
 		m.SbPods,
 		m.SbPorts,

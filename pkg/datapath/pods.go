@@ -153,13 +153,22 @@ func (dp *Datapath) UpsertPod(p Pod) error {
 
 	value := podValue(p)
 	var prev connectSbPod
-	if err := dp.maps.SbPods.Lookup(p.CgroupID, &prev); err == nil && prev.Ip4 != 0 && prev.Ip4 != value.Ip4 {
+	err = dp.maps.SbPods.Lookup(p.CgroupID, &prev)
+	isNew := errors.Is(err, ebpf.ErrKeyNotExist)
+	if err == nil && prev.Ip4 != 0 && prev.Ip4 != value.Ip4 {
 		if err := dp.deleteIP(prev.Ip4, p.CgroupID); err != nil {
 			return err
 		}
 	}
 	if err := dp.maps.SbPods.Put(p.CgroupID, value); err != nil {
 		return fmt.Errorf("update pod %s: %w", p.Name, err)
+	}
+	if isNew {
+		// After the pod is in sb_pods: connect4 forgets every cached
+		// "in no pod" and walks again.
+		if err := dp.bumpGeneration(); err != nil {
+			return fmt.Errorf("add pod %s: %w", p.Name, err)
+		}
 	}
 	if value.Ip4 != 0 {
 		if err := dp.maps.SbPodIps.Put(value.Ip4, connectSbPodIp{CgroupId: p.CgroupID}); err != nil {
@@ -170,6 +179,18 @@ func (dp *Datapath) UpsertPod(p Pod) error {
 		return err
 	}
 	dp.rules[p.CgroupID] = rules
+	return nil
+}
+
+// bumpGeneration invalidates connect4's cached "in no pod" answers.
+func (dp *Datapath) bumpGeneration() error {
+	var gen uint64
+	if err := dp.maps.SbGeneration.Lookup(uint32(0), &gen); err != nil {
+		return fmt.Errorf("read pod generation: %w", err)
+	}
+	if err := dp.maps.SbGeneration.Put(uint32(0), gen+1); err != nil {
+		return fmt.Errorf("bump pod generation: %w", err)
+	}
 	return nil
 }
 
@@ -453,6 +474,7 @@ var statNames = map[connectSbStat]string{
 	connectSbStatSB_STAT_SPLICE_ADD_FAILED: "splice_add_failed",
 	connectSbStatSB_STAT_SPLICE_REDIRECTED: "splice_redirected",
 	connectSbStatSB_STAT_SPLICE_PASSED:     "splice_passed",
+	connectSbStatSB_STAT_CGROUP_WALK:       "cgroup_walks",
 }
 
 func readStats(m *ebpf.Map) (map[string]uint64, error) {

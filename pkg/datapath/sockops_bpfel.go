@@ -16,8 +16,10 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	sockopsMapSbCgCache     = "sb_cg_cache"
 	sockopsMapSbCidrExcl    = "sb_cidr_excl"
 	sockopsMapSbCidrIncl    = "sb_cidr_incl"
+	sockopsMapSbGeneration  = "sb_generation"
 	sockopsMapSbPodIps      = "sb_pod_ips"
 	sockopsMapSbPods        = "sb_pods"
 	sockopsMapSbPorts       = "sb_ports"
@@ -78,15 +80,17 @@ type sockopsProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockopsMapSpecs struct {
-	SbCidrExcl *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
-	SbCidrIncl *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
-	SbPodIps   *ebpf.MapSpec `ebpf:"sb_pod_ips"`
-	SbPods     *ebpf.MapSpec `ebpf:"sb_pods"`
-	SbPorts    *ebpf.MapSpec `ebpf:"sb_ports"`
-	SbSockhash *ebpf.MapSpec `ebpf:"sb_sockhash"`
-	SbSocks    *ebpf.MapSpec `ebpf:"sb_socks"`
-	SbStats    *ebpf.MapSpec `ebpf:"sb_stats"`
-	SbTuples   *ebpf.MapSpec `ebpf:"sb_tuples"`
+	SbCgCache    *ebpf.MapSpec `ebpf:"sb_cg_cache"`
+	SbCidrExcl   *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
+	SbCidrIncl   *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
+	SbGeneration *ebpf.MapSpec `ebpf:"sb_generation"`
+	SbPodIps     *ebpf.MapSpec `ebpf:"sb_pod_ips"`
+	SbPods       *ebpf.MapSpec `ebpf:"sb_pods"`
+	SbPorts      *ebpf.MapSpec `ebpf:"sb_ports"`
+	SbSockhash   *ebpf.MapSpec `ebpf:"sb_sockhash"`
+	SbSocks      *ebpf.MapSpec `ebpf:"sb_socks"`
+	SbStats      *ebpf.MapSpec `ebpf:"sb_stats"`
+	SbTuples     *ebpf.MapSpec `ebpf:"sb_tuples"`
 }
 
 // sockopsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -116,21 +120,25 @@ func (o *sockopsObjects) Close() error {
 //
 // It can be passed to loadSockopsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockopsMaps struct {
-	SbCidrExcl *ebpf.Map `ebpf:"sb_cidr_excl"`
-	SbCidrIncl *ebpf.Map `ebpf:"sb_cidr_incl"`
-	SbPodIps   *ebpf.Map `ebpf:"sb_pod_ips"`
-	SbPods     *ebpf.Map `ebpf:"sb_pods"`
-	SbPorts    *ebpf.Map `ebpf:"sb_ports"`
-	SbSockhash *ebpf.Map `ebpf:"sb_sockhash"`
-	SbSocks    *ebpf.Map `ebpf:"sb_socks"`
-	SbStats    *ebpf.Map `ebpf:"sb_stats"`
-	SbTuples   *ebpf.Map `ebpf:"sb_tuples"`
+	SbCgCache    *ebpf.Map `ebpf:"sb_cg_cache"`
+	SbCidrExcl   *ebpf.Map `ebpf:"sb_cidr_excl"`
+	SbCidrIncl   *ebpf.Map `ebpf:"sb_cidr_incl"`
+	SbGeneration *ebpf.Map `ebpf:"sb_generation"`
+	SbPodIps     *ebpf.Map `ebpf:"sb_pod_ips"`
+	SbPods       *ebpf.Map `ebpf:"sb_pods"`
+	SbPorts      *ebpf.Map `ebpf:"sb_ports"`
+	SbSockhash   *ebpf.Map `ebpf:"sb_sockhash"`
+	SbSocks      *ebpf.Map `ebpf:"sb_socks"`
+	SbStats      *ebpf.Map `ebpf:"sb_stats"`
+	SbTuples     *ebpf.Map `ebpf:"sb_tuples"`
 }
 
 func (m *sockopsMaps) Close() error {
 	return _SockopsClose(
+		m.SbCgCache,
 		m.SbCidrExcl,
 		m.SbCidrIncl,
+		m.SbGeneration,
 		m.SbPodIps,
 		m.SbPods,
 		m.SbPorts,

@@ -16,8 +16,10 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	sockoptMapSbCgCache          = "sb_cg_cache"
 	sockoptMapSbCidrExcl         = "sb_cidr_excl"
 	sockoptMapSbCidrIncl         = "sb_cidr_incl"
+	sockoptMapSbGeneration       = "sb_generation"
 	sockoptMapSbPodIps           = "sb_pod_ips"
 	sockoptMapSbPods             = "sb_pods"
 	sockoptMapSbPorts            = "sb_ports"
@@ -77,15 +79,17 @@ type sockoptProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockoptMapSpecs struct {
-	SbCidrExcl *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
-	SbCidrIncl *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
-	SbPodIps   *ebpf.MapSpec `ebpf:"sb_pod_ips"`
-	SbPods     *ebpf.MapSpec `ebpf:"sb_pods"`
-	SbPorts    *ebpf.MapSpec `ebpf:"sb_ports"`
-	SbSockhash *ebpf.MapSpec `ebpf:"sb_sockhash"`
-	SbSocks    *ebpf.MapSpec `ebpf:"sb_socks"`
-	SbStats    *ebpf.MapSpec `ebpf:"sb_stats"`
-	SbTuples   *ebpf.MapSpec `ebpf:"sb_tuples"`
+	SbCgCache    *ebpf.MapSpec `ebpf:"sb_cg_cache"`
+	SbCidrExcl   *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
+	SbCidrIncl   *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
+	SbGeneration *ebpf.MapSpec `ebpf:"sb_generation"`
+	SbPodIps     *ebpf.MapSpec `ebpf:"sb_pod_ips"`
+	SbPods       *ebpf.MapSpec `ebpf:"sb_pods"`
+	SbPorts      *ebpf.MapSpec `ebpf:"sb_ports"`
+	SbSockhash   *ebpf.MapSpec `ebpf:"sb_sockhash"`
+	SbSocks      *ebpf.MapSpec `ebpf:"sb_socks"`
+	SbStats      *ebpf.MapSpec `ebpf:"sb_stats"`
+	SbTuples     *ebpf.MapSpec `ebpf:"sb_tuples"`
 }
 
 // sockoptVariableSpecs contains global variables before they are loaded into the kernel.
@@ -114,21 +118,25 @@ func (o *sockoptObjects) Close() error {
 //
 // It can be passed to loadSockoptObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockoptMaps struct {
-	SbCidrExcl *ebpf.Map `ebpf:"sb_cidr_excl"`
-	SbCidrIncl *ebpf.Map `ebpf:"sb_cidr_incl"`
-	SbPodIps   *ebpf.Map `ebpf:"sb_pod_ips"`
-	SbPods     *ebpf.Map `ebpf:"sb_pods"`
-	SbPorts    *ebpf.Map `ebpf:"sb_ports"`
-	SbSockhash *ebpf.Map `ebpf:"sb_sockhash"`
-	SbSocks    *ebpf.Map `ebpf:"sb_socks"`
-	SbStats    *ebpf.Map `ebpf:"sb_stats"`
-	SbTuples   *ebpf.Map `ebpf:"sb_tuples"`
+	SbCgCache    *ebpf.Map `ebpf:"sb_cg_cache"`
+	SbCidrExcl   *ebpf.Map `ebpf:"sb_cidr_excl"`
+	SbCidrIncl   *ebpf.Map `ebpf:"sb_cidr_incl"`
+	SbGeneration *ebpf.Map `ebpf:"sb_generation"`
+	SbPodIps     *ebpf.Map `ebpf:"sb_pod_ips"`
+	SbPods       *ebpf.Map `ebpf:"sb_pods"`
+	SbPorts      *ebpf.Map `ebpf:"sb_ports"`
+	SbSockhash   *ebpf.Map `ebpf:"sb_sockhash"`
+	SbSocks      *ebpf.Map `ebpf:"sb_socks"`
+	SbStats      *ebpf.Map `ebpf:"sb_stats"`
+	SbTuples     *ebpf.Map `ebpf:"sb_tuples"`
 }
 
 func (m *sockoptMaps) Close() error {
 	return _SockoptClose(
+		m.SbCgCache,
 		m.SbCidrExcl,
 		m.SbCidrIncl,
+		m.SbGeneration,
 		m.SbPodIps,
 		m.SbPods,
 		m.SbPorts,

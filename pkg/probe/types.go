@@ -41,6 +41,8 @@ func mapTypes() []mapType {
 	return []mapType{
 		{"hash", ebpf.Hash, "3.19", NeedCapture, "pods, pod IPs, in-flight handshakes"},
 		{"percpu_array", ebpf.PerCPUArray, "4.6", NeedCapture, "counters"},
+		{"array", ebpf.Array, "3.19", NeedCapture, "pod map generation"},
+		{"lru_hash", ebpf.LRUHash, "4.10", NeedCapture, "cgroup to pod cache"},
 		{"sk_storage", ebpf.SkStorage, "5.2", NeedCapture, "per-socket original destination"},
 		{"sockhash", ebpf.SockHash, "4.18", NeedSplice, "sockets to splice"},
 		{"lpm_trie", ebpf.LPMTrie, "4.11", NeedCapture, "per-pod outbound IP ranges"},
@@ -65,6 +67,8 @@ func helpers() []helper {
 		{"bpf_get_current_uid_gid", asm.FnGetCurrentUidGid, sockAddr, "4.17", NeedCapture},
 		{"bpf_bind", asm.FnBind, sockAddr, "4.17", NeedCapture},
 		{"bpf_get_current_ancestor_cgroup_id", asm.FnGetCurrentAncestorCgroupId, sockAddr, "5.7", NeedCapture},
+		{"bpf_get_current_cgroup_id", asm.FnGetCurrentCgroupId, sockAddr, "4.18", NeedCapture},
+		{"bpf_map_update_elem", asm.FnMapUpdateElem, sockAddr, "4.17", NeedCapture},
 		{"bpf_sk_storage_get", asm.FnSkStorageGet, sockAddr, "5.11", NeedCapture},
 
 		{"bpf_map_lookup_elem", asm.FnMapLookupElem, sockOps, "4.13", NeedCapture},

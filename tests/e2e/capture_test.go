@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
+	"github.com/sockbridge/sockbridge/pkg/datapath"
 )
 
 var (
@@ -145,5 +146,47 @@ func TestSockoptsUnchanged(t *testing.T) {
 		if got != want {
 			t.Errorf("getsockopt %s: captured socket %+v, without the datapath %+v", name, got, want)
 		}
+	}
+}
+
+// A process that connected before its pod was in the map is captured as
+// soon as the pod is added, and released as soon as it is removed: no
+// state needs a restart to clear (Merbridge #323 cached "not meshed").
+func TestCaptureFollowsPodMapWithoutRestart(t *testing.T) {
+	e := newEnv(t)
+	a := e.addPod("a", podAIP, podOpts{sidecar: true})
+	// One long-lived process makes all its connections, so any cache
+	// keyed by its cgroup is exercised.
+	spec := testutil.ProcSpec{Netns: a.ns, Cgroup: a.app}
+	step := func(want int) {
+		t.Helper()
+		var r connsResult
+		runIn(t, spec, &r, "conns", "-addr", serverAddr(), "-n", "20", "-parallel", "1")
+		if r.OK != 20 {
+			t.Fatalf("connections failed: %+v", r)
+		}
+		if got := len(a.sidecar.LogLines("outbound")); got != want {
+			t.Fatalf("sidecar has seen %d connections, want %d", got, want)
+		}
+	}
+	step(0)
+	if err := e.dp.UpsertPod(datapath.Pod{CgroupID: a.id, IPv4: podAIP, Capture: true, Outbound: outboundAll, Inbound: inboundAll}); err != nil {
+		t.Fatal(err)
+	}
+	step(20)
+	if err := e.dp.DeletePod(a.id); err != nil {
+		t.Fatal(err)
+	}
+	step(20)
+	if err := e.dp.UpsertPod(datapath.Pod{CgroupID: a.id, IPv4: podAIP, Capture: true, Outbound: outboundAll, Inbound: inboundAll}); err != nil {
+		t.Fatal(err)
+	}
+	step(40)
+
+	// About 120 connects (the app's and the sidecar's upstream ones) from
+	// two cgroups across three pod additions: the pod lookup walked the
+	// cgroup ancestors once per cgroup and generation, not per connect.
+	if s := e.stats(); s["cgroup_walks"] == 0 || s["cgroup_walks"] > 8 {
+		t.Errorf("cgroup_walks = %d after ~120 connects, want a handful (cache)", s["cgroup_walks"])
 	}
 }
