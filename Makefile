@@ -8,7 +8,7 @@ BIN := bin
 GENERATE_PKGS := ./pkg/datapath/... ./pkg/probe/...
 BPF_SOURCES := $(wildcard bpf/*.c bpf/lib/*.h)
 
-.PHONY: help generate build test test-unit test-privileged fuzz bench demo format lint check-generated deps clean
+.PHONY: help generate build build-static test test-unit test-privileged fuzz bench demo format lint check-generated deps clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -19,6 +19,9 @@ generate: ## Regenerate the BPF objects and Go bindings with bpf2go (needs clang
 build: ## Build bin/sockbridge and bin/sbpeer (no clang needed)
 	$(GO) build -o $(BIN)/sockbridge ./cmd/sockbridge
 	$(GO) build -o $(BIN)/sbpeer ./tests/sbpeer
+
+build-static: ## Build the static agent binary the Dockerfile ships (CGO_ENABLED=0)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags="-s -w" -o $(BIN)/sockbridge-static ./cmd/sockbridge
 
 UNIT_PKGS := ./pkg/... ./cmd/... ./internal/...
 PRIVILEGED_PKGS := ./tests/...
