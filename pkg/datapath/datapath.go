@@ -221,7 +221,7 @@ func (dp *Datapath) loadCollections() (map[string]*ebpf.Program, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load connect spec: %w", err)
 	}
-	if err := dp.setConstants(connect); err != nil {
+	if err := setConstants(connect, dp.connectConstants()); err != nil {
 		return nil, err
 	}
 	sockops, err := loadSockops()
@@ -232,8 +232,8 @@ func (dp *Datapath) loadCollections() (map[string]*ebpf.Program, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load sockopt spec: %w", err)
 	}
-	if err := sockops.Variables["splice_enabled"].Set(boolByte(dp.cfg.Splice)); err != nil {
-		return nil, fmt.Errorf("set constant splice_enabled: %w", err)
+	if err := setConstants(sockops, map[string]any{"splice_enabled": boolByte(dp.cfg.Splice)}); err != nil {
+		return nil, err
 	}
 	skmsg, err := loadSkmsg()
 	if err != nil {
@@ -275,10 +275,11 @@ func (dp *Datapath) loadIter() *ebpf.Program {
 	return nil
 }
 
-func (dp *Datapath) setConstants(spec *ebpf.CollectionSpec) error {
+// connectConstants are connect.c's load-time settings.
+func (dp *Datapath) connectConstants() map[string]any {
 	var skip [maxSkipPorts]uint16
 	copy(skip[:], dp.cfg.InboundSkipPorts)
-	consts := map[string]any{
+	return map[string]any{
 		"proxy_uid":          dp.cfg.ProxyUID,
 		"proxy_gid":          dp.cfg.ProxyGID,
 		"outbound_port":      dp.cfg.OutboundPort,
@@ -286,6 +287,10 @@ func (dp *Datapath) setConstants(spec *ebpf.CollectionSpec) error {
 		"inbound_skip_ports": skip,
 		"tunnel_port":        dp.cfg.TunnelPort,
 	}
+}
+
+// setConstants sets const volatile globals of an object before it loads.
+func setConstants(spec *ebpf.CollectionSpec, consts map[string]any) error {
 	for name, v := range consts {
 		vs, ok := spec.Variables[name]
 		if !ok {
