@@ -21,6 +21,10 @@ type ProcSpec struct {
 	UID, GID *int
 	Args     []string
 	Env      []string
+	// Dir is the working directory; "" keeps the caller's, except for a
+	// process run as another uid, which starts in "/" since it may not be
+	// allowed into the caller's (a 0700 checkout, for instance).
+	Dir string
 }
 
 // Proc is a started process whose output is collected.
@@ -54,6 +58,10 @@ func Command(ctx context.Context, spec ProcSpec) (*exec.Cmd, func(), error) {
 	}
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), spec.Env...)
+	cmd.Dir = spec.Dir
+	if cmd.Dir == "" && (spec.UID != nil || spec.GID != nil) {
+		cmd.Dir = "/"
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	release := func() {}
 	if spec.Cgroup != "" {
