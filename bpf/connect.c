@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * cgroup sock_addr programs: outbound capture at connect() and the matching
- * getpeername() answer.
+ * getpeername() answer. Part of the one datapath object: compiled through
+ * bpf/datapath.c, not on its own.
  *
  * Kernel: cgroup/connect4 4.17, bpf_bind 4.17, bpf_sk_storage_get from
  * sock_addr programs 5.11 (earlier kernels reject the program),
@@ -9,26 +10,6 @@
  * LRU hash 4.10, cgroup/getpeername4 5.8.
  */
 #include "lib/sockbridge.h"
-
-/* Settings fixed at load time, set from Go through spec.Variables. */
-const volatile __u32 proxy_uid = 1337;
-const volatile __u32 proxy_gid = 1337;
-const volatile __u16 outbound_port = 15001; /* host byte order */
-const volatile __u16 inbound_port = 15006; /* host byte order */
-/* Ports a sidecar's same-node connection must not be short-cut for: the
- * ports istio-iptables excludes from inbound capture (15008 HBONE, 15020,
- * 15021, 15090). Host byte order, 0 = unused slot. */
-const volatile __u16 inbound_skip_ports[SB_MAX_SKIP_PORTS] = { 15008, 15020, 15021, 15090 };
-/* The sidecar's connections to its own pod IP go to its inbound port,
- * except to this one (Istio's HBONE port 15008); 0 = none. */
-const volatile __u16 tunnel_port = 15008;
-
-/* Emits the enums shared with Go into BTF so bpf2go -type can see them. */
-static const enum sb_stat sb_stat_btf __attribute__((used));
-static const enum sb_pod_flag sb_pod_flag_btf __attribute__((used));
-static const enum sb_sock_flag sb_sock_flag_btf __attribute__((used));
-static const enum sb_port_action sb_port_action_btf __attribute__((used));
-static const enum sb_direction sb_direction_btf __attribute__((used));
 
 /* Finds the pod cgroup above the current task by looking up each ancestor
  * cgroup in sb_pods; pod cgroups do not nest, so the first hit is the pod.
@@ -81,7 +62,7 @@ static __always_inline int is_proxy(void)
 {
 	__u64 ugid = bpf_get_current_uid_gid();
 
-	return (__u32)ugid == proxy_uid || (__u32)(ugid >> 32) == proxy_gid;
+	return (__u32)ugid == sb_cfg.proxy_uid || (__u32)(ugid >> 32) == sb_cfg.proxy_gid;
 }
 
 static __always_inline int skip_inbound_port(__u16 port)
@@ -89,7 +70,7 @@ static __always_inline int skip_inbound_port(__u16 port)
 	int i;
 
 	for (i = 0; i < SB_MAX_SKIP_PORTS; i++) {
-		if (inbound_skip_ports[i] && inbound_skip_ports[i] == port)
+		if (sb_cfg.inbound_skip_ports[i] && sb_cfg.inbound_skip_ports[i] == port)
 			return 1;
 	}
 	return 0;
@@ -142,7 +123,7 @@ static __always_inline void proxy_connect(struct bpf_sock_addr *ctx, __u64 own_c
 	__u16 dst_port = bpf_ntohs((__u16)ctx->user_port);
 	__u64 dst_cgroup_id;
 
-	if (sb_is_loopback(dst_ip4) || dst_port == inbound_port)
+	if (sb_is_loopback(dst_ip4) || dst_port == sb_cfg.inbound_port)
 		return;
 	if (ctx->sk && ctx->sk->src_ip4 == bpf_htonl(SB_PASSTHROUGH_IP))
 		return;
@@ -154,14 +135,14 @@ static __always_inline void proxy_connect(struct bpf_sock_addr *ctx, __u64 own_c
 	if (!pod || !(pod->flags & SB_POD_CAPTURE))
 		return;
 	if (dst_cgroup_id == own_cgroup_id) {
-		if (tunnel_port && dst_port == tunnel_port)
+		if (sb_cfg.tunnel_port && dst_port == sb_cfg.tunnel_port)
 			return;
 	} else if (!inbound_captured(pod, dst_cgroup_id, dst_port)) {
 		return;
 	}
 	if (remember(ctx, SB_SOCK_SHORTCUT))
 		return;
-	ctx->user_port = bpf_htons(inbound_port);
+	ctx->user_port = bpf_htons(sb_cfg.inbound_port);
 	sb_count(SB_STAT_SHORTCUT);
 }
 
@@ -216,7 +197,7 @@ int connect4_redirect(struct bpf_sock_addr *ctx)
 			sb_count(SB_STAT_BIND_FAILED);
 	}
 	ctx->user_ip4 = bpf_htonl(SB_LOCALHOST_IP);
-	ctx->user_port = bpf_htons(outbound_port);
+	ctx->user_port = bpf_htons(sb_cfg.outbound_port);
 	sb_count(SB_STAT_CAPTURED);
 	return 1;
 }
@@ -236,5 +217,3 @@ int getpeername4_restore(struct bpf_sock_addr *ctx)
 	sb_count(SB_STAT_PEERNAME_RESTORED);
 	return 1;
 }
-
-char __license[] SEC("license") = "Dual BSD/GPL";

@@ -2,7 +2,8 @@
 /*
  * sk_msg: splices the bytes of a captured flow straight into the peer
  * socket's receive queue (bpf_msg_redirect_hash with BPF_F_INGRESS), so
- * app <-> sidecar traffic skips the loopback TCP/IP stack. A message whose
+ * app <-> sidecar traffic skips the loopback TCP/IP stack. Part of the one
+ * datapath object: compiled through bpf/datapath.c, not on its own. A message whose
  * peer is not (yet) in sb_sockhash goes the normal TCP way.
  *
  * Hazard: redirected bytes bypass the receiver's TCP receive queue, so
@@ -36,5 +37,3 @@ int skmsg_splice(struct sk_msg_md *msg)
 	sb_count(SB_STAT_SPLICE_PASSED);
 	return SK_PASS;
 }
-
-char __license[] SEC("license") = "Dual BSD/GPL";

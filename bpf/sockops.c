@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * sockops: carries a captured connection's original destination from the
- * connecting socket to the socket the sidecar accepts.
+ * connecting socket to the socket the sidecar accepts. Part of the one
+ * datapath object: compiled through bpf/datapath.c, not on its own.
  *
  * The client's ACTIVE_ESTABLISHED callback runs before it sends the final
  * ACK, so before the listener creates the child socket and runs
@@ -10,7 +11,7 @@
  * whose child never appears is deleted when the client socket closes. No
  * per-connection state outlives its sockets.
  *
- * With splicing on, it also adds both sockets of every captured flow to
+ * With splicing on (the sockops_splice entry point), it also adds both sockets of every captured flow to
  * sb_sockhash: app <-> sidecar, sidecar <-> sidecar on this node, and the
  * sidecar's inbound passthrough (from 127.0.0.6) <-> app. Nothing else.
  *
@@ -22,10 +23,11 @@
 
 #define TCP_CLOSE 7
 
-/* Set from Go: add captured flows' sockets to sb_sockhash. */
-const volatile __u8 splice_enabled = 0;
-
-static __always_inline void splice_add(struct bpf_sock_ops *skops)
+/* Adds the socket to sb_sockhash when splice is true. splice is a
+ * compile-time constant of each entry point (sockops_track,
+ * sockops_splice): without splicing the program does not reference
+ * sb_sockhash at all, so the agent can leave the map uncreated. */
+static __always_inline void splice_add(struct bpf_sock_ops *skops, const bool splice)
 {
 	struct sb_sock_key key = {
 		.local_ip4 = skops->local_ip4,
@@ -34,7 +36,7 @@ static __always_inline void splice_add(struct bpf_sock_ops *skops)
 		.remote_port = (__u16)bpf_ntohl(skops->remote_port),
 	};
 
-	if (!splice_enabled)
+	if (!splice)
 		return;
 	if (sb_needs_netns(key.local_ip4, key.remote_ip4))
 		key.netns = bpf_get_netns_cookie(skops);
@@ -52,7 +54,8 @@ static __always_inline int is_passthrough(__u32 client_ip4, __u32 server_ip4)
 	return client_ip4 == bpf_htonl(SB_PASSTHROUGH_IP) && sb_is_captured_pod_ip(server_ip4);
 }
 
-static __always_inline void mark_passthrough(struct bpf_sock_ops *skops, struct bpf_sock *sk)
+static __always_inline void mark_passthrough(struct bpf_sock_ops *skops, struct bpf_sock *sk,
+					     const bool splice)
 {
 	struct sb_sock *s;
 
@@ -62,7 +65,7 @@ static __always_inline void mark_passthrough(struct bpf_sock_ops *skops, struct 
 		return;
 	}
 	s->flags = SB_SOCK_PASSTHROUGH;
-	splice_add(skops);
+	splice_add(skops, splice);
 }
 
 /* The key is the connection as the client sees it; the netns cookie keeps
@@ -89,15 +92,16 @@ static __always_inline void tuple_key(struct bpf_sock_ops *skops, struct sb_tupl
 	key->pad = 0;
 }
 
-static __always_inline void active_established(struct bpf_sock_ops *skops, struct bpf_sock *sk)
+static __always_inline void active_established(struct bpf_sock_ops *skops, struct bpf_sock *sk,
+					       const bool splice)
 {
 	struct sb_tuple key;
 	struct sb_sock *s;
 
 	s = bpf_sk_storage_get(&sb_socks, sk, 0, 0);
 	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT))) {
-		if (splice_enabled && is_passthrough(skops->local_ip4, skops->remote_ip4))
-			mark_passthrough(skops, sk);
+		if (splice && is_passthrough(skops->local_ip4, skops->remote_ip4))
+			mark_passthrough(skops, sk, splice);
 		return;
 	}
 	tuple_key(skops, &key, 0);
@@ -106,10 +110,11 @@ static __always_inline void active_established(struct bpf_sock_ops *skops, struc
 		return;
 	}
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-	splice_add(skops);
+	splice_add(skops, splice);
 }
 
-static __always_inline void passive_established(struct bpf_sock_ops *skops, struct bpf_sock *sk)
+static __always_inline void passive_established(struct bpf_sock_ops *skops, struct bpf_sock *sk,
+						const bool splice)
 {
 	struct sb_tuple key;
 	struct sb_sock *orig, *s;
@@ -117,8 +122,8 @@ static __always_inline void passive_established(struct bpf_sock_ops *skops, stru
 	tuple_key(skops, &key, 1);
 	orig = bpf_map_lookup_elem(&sb_tuples, &key);
 	if (!orig) {
-		if (splice_enabled && is_passthrough(skops->remote_ip4, skops->local_ip4))
-			mark_passthrough(skops, sk);
+		if (splice && is_passthrough(skops->remote_ip4, skops->local_ip4))
+			mark_passthrough(skops, sk, splice);
 		return;
 	}
 	s = bpf_sk_storage_get(&sb_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -132,7 +137,7 @@ static __always_inline void passive_established(struct bpf_sock_ops *skops, stru
 	s->port = orig->port;
 	s->flags = SB_SOCK_ORIGDST;
 	bpf_map_delete_elem(&sb_tuples, &key);
-	splice_add(skops);
+	splice_add(skops, splice);
 }
 
 static __always_inline void state_changed(struct bpf_sock_ops *skops, struct bpf_sock *sk)
@@ -149,8 +154,7 @@ static __always_inline void state_changed(struct bpf_sock_ops *skops, struct bpf
 	bpf_map_delete_elem(&sb_tuples, &key);
 }
 
-SEC("sockops")
-int sockops_track(struct bpf_sock_ops *skops)
+static __always_inline int track(struct bpf_sock_ops *skops, const bool splice)
 {
 	struct bpf_sock *sk = skops->sk;
 
@@ -159,10 +163,10 @@ int sockops_track(struct bpf_sock_ops *skops)
 
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-		active_established(skops, sk);
+		active_established(skops, sk, splice);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		passive_established(skops, sk);
+		passive_established(skops, sk, splice);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		state_changed(skops, sk);
@@ -171,4 +175,17 @@ int sockops_track(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-char __license[] SEC("license") = "Dual BSD/GPL";
+/* The sockops program with splicing off: it never touches sb_sockhash. */
+SEC("sockops")
+int sockops_track(struct bpf_sock_ops *skops)
+{
+	return track(skops, false);
+}
+
+/* The sockops program with splicing on: also adds captured flows' sockets
+ * to sb_sockhash, whose sk_msg program (skmsg_splice) moves their bytes. */
+SEC("sockops")
+int sockops_splice(struct bpf_sock_ops *skops)
+{
+	return track(skops, true);
+}

@@ -2,7 +2,8 @@
 /*
  * cgroup/getsockopt: answers getsockopt(SOL_IP, SO_ORIGINAL_DST) on sockets a
  * sidecar accepted from a captured connection, as the conntrack-backed
- * answer under iptables REDIRECT would. Every other call is left exactly as
+ * answer under iptables REDIRECT would. Part of the one datapath object:
+ * compiled through bpf/datapath.c, not on its own. Every other call is left exactly as
  * the kernel answered it: the program does not touch optlen, so large
  * buffers (optlen > PAGE_SIZE) pass through unchanged.
  *
@@ -60,5 +61,3 @@ int getsockopt_origdst(struct bpf_sockopt *ctx)
 	sb_count(SB_STAT_ORIGDST_ANSWERED);
 	return 1;
 }
-
-char __license[] SEC("license") = "Dual BSD/GPL";

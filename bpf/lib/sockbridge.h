@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Structs, maps and constants shared by every sockbridge BPF object and,
- * through bpf2go -type, by the Go agent. Byte order is stated on every
- * address and port field.
+ * Structs, maps and constants of the datapath object (bpf/datapath.c) shared
+ * by its per-hook files and, through bpf2go -type, by the Go agent. Byte
+ * order is stated on every address and port field.
  *
- * Every map is pinned by name (LIBBPF_PIN_BY_NAME) so that the objects loaded
- * from separate C files share one instance of each map under the agent's
- * bpffs directory, and so that the maps outlive an agent restart.
+ * Every map is pinned by name (LIBBPF_PIN_BY_NAME) under the agent's bpffs
+ * directory so that the maps outlive an agent restart and a new agent adopts
+ * them; within the one object the programs share them directly.
  */
 #ifndef SOCKBRIDGE_H
 #define SOCKBRIDGE_H
@@ -14,6 +14,7 @@
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <linux/types.h>
+#include <stdbool.h>
 #include <bpf_endian.h>
 #include <bpf_helpers.h>
 
@@ -47,6 +48,28 @@ enum sb_pod_flag {
 	SB_POD_OUT_ALL_IPS = 1 << 1, /* every outbound destination (includeOutboundIPRanges "*") */
 	SB_POD_IN_ALL_PORTS = 1 << 2, /* every inbound port (includeInboundPorts "*") */
 };
+
+/* The datapath's settings, fixed at load time: one const volatile value
+ * (sb_cfg in datapath.c) that Go builds from the mesh preset and flags and
+ * sets through spec.Variables before loading. Zero until then: Go always
+ * sets it, so the defaults live in one place (pkg/policy's presets). */
+struct sb_config {
+	__u32 proxy_uid; /* the sidecar's uid: its connections are not captured */
+	__u32 proxy_gid; /* the sidecar's gid */
+	__u16 outbound_port; /* host byte order: where captured connects go (Istio 15001) */
+	__u16 inbound_port; /* host byte order: the sidecar's inbound port (Istio 15006) */
+	/* Host byte order: the one port of its own pod IP a sidecar reaches
+	 * directly instead of through its inbound port (Istio's HBONE 15008);
+	 * 0 = none. */
+	__u16 tunnel_port;
+	/* Host byte order: ports a sidecar's same-node connection is never short
+	 * cut for (Istio: 15008, 15020, 15021, 15090); 0 = unused slot. */
+	__u16 inbound_skip_ports[SB_MAX_SKIP_PORTS];
+	__u16 pad;
+};
+
+/* The one load-time config of the datapath (see struct sb_config). */
+const volatile struct sb_config sb_cfg = {};
 
 /* Value of sb_ports. */
 enum sb_port_action {

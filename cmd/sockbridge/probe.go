@@ -67,14 +67,11 @@ func printReport(w io.Writer, r *probe.Report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "KIND\tFEATURE\tRESULT\tSINCE\tNEEDED FOR\tDETAIL")
 	for _, f := range r.Features {
-		res, detail := "ok", f.Detail
+		detail := f.Detail
 		if !f.Supported {
-			res, detail = "MISSING", f.Error
-			if f.Kind == probe.KindSelfTest {
-				res = "FAILED"
-			}
+			detail = f.Reason()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.Kind, f.Name, res, f.MinKernel, f.NeededFor, detail)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.Kind, f.Name, f.Result(), f.MinKernel, f.NeededFor, detail)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

@@ -122,7 +122,10 @@ func WaitListening(t TB, ns *Netns, port int) {
 }
 
 // LogLines returns the sidecar's log lines that start with prefix
-// ("outbound" or "inbound").
+// ("outbound" or "inbound") that have reached the test so far. HAProxy
+// writes a line when it connects upstream (option logasap), and the line
+// then crosses a pipe to the test's reader goroutine: a client's round trip
+// can finish before the line arrives. After traffic, use WaitLogLines.
 func (s *Sidecar) LogLines(prefix string) []string {
 	var lines []string
 	for _, l := range strings.Split(s.Output(), "\n") {
@@ -131,4 +134,18 @@ func (s *Sidecar) LogLines(prefix string) []string {
 		}
 	}
 	return lines
+}
+
+// WaitLogLines waits up to 5 s until the sidecar has logged at least n
+// lines starting with prefix, and returns all of them (fewer than n on
+// timeout: the caller's count check then fails with them).
+func (s *Sidecar) WaitLogLines(prefix string, n int) []string {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		lines := s.LogLines(prefix)
+		if len(lines) >= n || time.Now().After(deadline) {
+			return lines
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

@@ -62,7 +62,7 @@ func Plan(ctx context.Context, cfg Config) (probe.Plan, error) {
 	run := cfg.Probe
 	if run == nil {
 		run = func(ctx context.Context) (*probe.Report, error) {
-			return probe.Run(ctx, probe.Options{CgroupRoot: cfg.CgroupRoot})
+			return probe.Run(ctx, probe.Options{CgroupRoot: cfg.CgroupRoot, BPFFS: cfg.Datapath.PinDir})
 		}
 	}
 	report, err := run(ctx)

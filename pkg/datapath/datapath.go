@@ -13,14 +13,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/rlimit"
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 
+	"github.com/sockbridge/sockbridge/pkg/bpffs"
 	"github.com/sockbridge/sockbridge/pkg/cgroups"
 	"github.com/sockbridge/sockbridge/pkg/policy"
 )
@@ -59,17 +59,16 @@ type Config struct {
 	Log    logrus.FieldLogger
 }
 
-// IstioDefaults returns Istio's ports and sidecar identity.
+// IstioDefaults returns Istio's ports and sidecar identity, from the istio
+// preset (pkg/policy holds every mesh's defaults, once).
 func IstioDefaults() Config {
-	return Config{
-		PinDir:           DefaultPinDir,
-		ProxyUID:         1337,
-		ProxyGID:         1337,
-		OutboundPort:     15001,
-		InboundPort:      15006,
-		InboundSkipPorts: []uint16{15008, 15020, 15021, 15090},
-		TunnelPort:       15008,
+	c := Config{PinDir: DefaultPinDir}
+	p, err := policy.PresetByName("istio")
+	if err != nil {
+		panic(err) // a built-in preset
 	}
+	c.ForPreset(p)
+	return c
 }
 
 // ForPreset sets the sidecar identity and ports of a mesh preset.
@@ -98,36 +97,74 @@ func (c *Config) validate() error {
 
 const maxSkipPorts = 8
 
-// program names one attached program and how it attaches.
-type program struct {
+// hook is one cgroup hook the datapath attaches a program to. Its link is
+// pinned under links/<name>; which program goes there can depend on the
+// plan (sockops: sockops_track or sockops_splice).
+type hook struct {
 	name   string
 	attach ebpf.AttachType
 }
 
-// attachments lists every cgroup program, in attach order.
-var attachments = []program{
-	{"sockops_track", ebpf.AttachCGroupSockOps},
-	{"getsockopt_origdst", ebpf.AttachCGroupGetsockopt},
-	{"getpeername4_restore", ebpf.AttachCgroupInet4GetPeername},
-	{"connect4_redirect", ebpf.AttachCGroupInet4Connect},
+// hooks lists every cgroup hook, in attach order: the program that starts
+// capturing (connect4) last, once everything that completes a captured
+// connection is in place.
+var hooks = []hook{
+	{"sockops", ebpf.AttachCGroupSockOps},
+	{"getsockopt", ebpf.AttachCGroupGetsockopt},
+	{"getpeername4", ebpf.AttachCgroupInet4GetPeername},
+	{"connect4", ebpf.AttachCGroupInet4Connect},
+}
+
+// Spec returns the datapath object's spec as compiled, for the probe to read
+// which helpers its programs call.
+func Spec() (*ebpf.CollectionSpec, error) {
+	return loadDatapath()
+}
+
+// SpliceOnlyPrograms names the programs only splicing loads.
+func SpliceOnlyPrograms() []string {
+	return []string{datapathProgSockopsSplice, datapathProgSkmsgSplice}
+}
+
+// programsFor returns the program for each hook under cfg, and the programs
+// the plan does not use, which are dropped from the spec before loading.
+func programsFor(cfg Config) (attach map[string]string, drop []string) {
+	attach = map[string]string{
+		"sockops":      datapathProgSockopsTrack,
+		"getsockopt":   datapathProgGetsockoptOrigdst,
+		"getpeername4": datapathProgGetpeername4Restore,
+		"connect4":     datapathProgConnect4Redirect,
+	}
+	if cfg.Splice {
+		attach["sockops"] = datapathProgSockopsSplice
+		drop = []string{datapathProgSockopsTrack}
+	} else {
+		drop = []string{datapathProgSockopsSplice, datapathProgSkmsgSplice}
+	}
+	return attach, drop
 }
 
 // Datapath is a loaded, attached datapath. Close releases the agent's file
 // descriptors and leaves the pinned datapath in place; Uninstall removes it.
 type Datapath struct {
 	cfg   Config
-	maps  connectMaps
-	colls []*ebpf.Collection
+	maps  datapathMaps // nil fields: maps the plan left out (sb_sockhash without splicing)
+	coll  *ebpf.Collection
 	links map[string]link.Link
-	iter  *ebpf.Program // iter_socks, not attached until read
 
 	mu    sync.Mutex
 	rules map[uint64]*podRules // what each pod owns in the rule maps; nil until first read
 }
 
-// Load loads the programs with cfg's constants, pins their maps under
+// Load loads the datapath object with cfg's settings, pins its maps under
 // cfg.PinDir (reusing maps already pinned there), and attaches each program
 // to cfg.CgroupPath, adopting and updating links a previous agent pinned.
+// Programs the plan does not use (the splice programs with cfg.Splice off)
+// are dropped before loading, and so are the maps only they use: without
+// splicing, neither sb_sockhash nor skmsg_splice is created.
+//
+// The caller removes the memlock rlimit first on kernels before 5.11
+// (rlimit.RemoveMemlock; cmd/sockbridge does).
 func Load(cfg Config) (_ *Datapath, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -135,14 +172,14 @@ func Load(cfg Config) (_ *Datapath, err error) {
 	if cfg.Log == nil {
 		cfg.Log = logrus.StandardLogger()
 	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
-	}
 	cgroupID, err := cgroups.ID(cfg.CgroupPath)
 	if err != nil {
 		return nil, fmt.Errorf("attach cgroup: %w", err)
 	}
-	if err := ensurePinDir(cfg.PinDir); err != nil {
+	if err := EnsurePinDir(cfg.PinDir); err != nil {
+		return nil, err
+	}
+	if err := replaceOldLayout(cfg); err != nil {
 		return nil, err
 	}
 
@@ -153,52 +190,118 @@ func Load(cfg Config) (_ *Datapath, err error) {
 		}
 	}()
 
-	programs, err := dp.loadCollections()
+	attachProgs, drop := programsFor(cfg)
+	spec, err := dp.spec(drop)
 	if err != nil {
 		return nil, err
 	}
+	dp.coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}})
+	if err != nil {
+		return nil, describeLoadError(err, cfg.PinDir)
+	}
+	assignMaps(dp.coll.Maps, &dp.maps)
 	// The splice program goes on the sockhash before sockops can fill it.
-	if err := dp.setSplice(programs["skmsg_splice"]); err != nil {
+	if err := dp.setSplice(dp.coll.Programs[datapathProgSkmsgSplice]); err != nil {
 		return nil, err
 	}
-	for _, p := range attachments {
-		l, err := attach(cfg, cgroupID, p, programs[p.name])
+	for _, h := range hooks {
+		name := attachProgs[h.name]
+		l, err := attach(cfg, cgroupID, h, name, dp.coll.Programs[name])
 		if err != nil {
 			return nil, err
 		}
-		dp.links[p.name] = l
+		dp.links[h.name] = l
 	}
 	return dp, nil
 }
 
-func boolByte(b bool) uint8 {
-	if b {
-		return 1
+// spec returns the datapath's spec with the config set, the programs in drop
+// removed, and the maps that no remaining program uses removed with them.
+func (dp *Datapath) spec(drop []string) (*ebpf.CollectionSpec, error) {
+	spec, err := loadDatapath()
+	if err != nil {
+		return nil, fmt.Errorf("load datapath spec: %w", err)
 	}
-	return 0
+	if err := SetVariables(spec, map[string]any{datapathVarSbCfg: dp.cfg.config()}); err != nil {
+		return nil, err
+	}
+	for _, name := range drop {
+		if _, ok := spec.Programs[name]; !ok {
+			return nil, fmt.Errorf("drop program %s: not in the datapath object", name)
+		}
+		delete(spec.Programs, name)
+	}
+	used := map[string]bool{}
+	for _, p := range spec.Programs {
+		for _, ins := range p.Instructions {
+			if ref := ins.Reference(); ref != "" && ins.IsLoadFromMap() {
+				used[ref] = true
+			}
+		}
+	}
+	for name := range spec.Maps {
+		if !used[name] {
+			delete(spec.Maps, name)
+		}
+	}
+	return spec, nil
+}
+
+// assignMaps sets each field of dst (a struct of *ebpf.Map with ebpf tags)
+// whose map is in maps, leaving the others nil: unlike Collection.Assign it
+// accepts maps the plan left out.
+func assignMaps(maps map[string]*ebpf.Map, dst *datapathMaps) {
+	v := reflect.ValueOf(dst).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		name := v.Type().Field(i).Tag.Get("ebpf")
+		if m, ok := maps[name]; ok {
+			v.Field(i).Set(reflect.ValueOf(m))
+		}
+	}
+}
+
+// config is the datapath's load-time settings as the BPF side sees them.
+func (c *Config) config() datapathSbConfig {
+	v := datapathSbConfig{
+		ProxyUid:     c.ProxyUID,
+		ProxyGid:     c.ProxyGID,
+		OutboundPort: c.OutboundPort,
+		InboundPort:  c.InboundPort,
+		TunnelPort:   c.TunnelPort,
+	}
+	copy(v.InboundSkipPorts[:], c.InboundSkipPorts)
+	return v
 }
 
 // setSplice attaches prog to sb_sockhash as its sk_msg verdict program
 // (replacing one a previous agent attached), or, with splicing off,
-// detaches whatever is attached there. The attachment lives as long as the
-// pinned map.
+// detaches whatever a previous agent attached to a pinned sb_sockhash. The
+// attachment lives as long as the pinned map. A sockhash left pinned by an
+// agent that spliced is not removed (removing it would drop bytes queued on
+// its sockets); its sockets leave it as they close, and uninstall removes it.
 func (dp *Datapath) setSplice(prog *ebpf.Program) error {
-	sockhash := dp.maps.SbSockhash
 	if dp.cfg.Splice {
-		if prog == nil {
-			return errors.New("attach skmsg_splice: program missing from the BPF objects")
+		if prog == nil || dp.maps.SbSockhash == nil {
+			return errors.New("attach skmsg_splice: program or sb_sockhash missing from the datapath object")
 		}
-		err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: sockhash.FD(), Program: prog, Attach: ebpf.AttachSkMsgVerdict})
+		err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: dp.maps.SbSockhash.FD(), Program: prog, Attach: ebpf.AttachSkMsgVerdict})
 		if err != nil {
 			return fmt.Errorf("attach skmsg_splice to sb_sockhash: %w", err)
 		}
 		return nil
 	}
+	sockhash, err := ebpf.LoadPinnedMap(filepath.Join(dp.cfg.PinDir, datapathMapSbSockhash), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned sb_sockhash: %w", err)
+	}
+	defer sockhash.Close()
 	res, err := link.QueryPrograms(link.QueryOptions{Target: sockhash.FD(), Attach: ebpf.AttachSkMsgVerdict})
 	if err != nil {
-		// Querying sockmap programs needs kernel 6.0; nothing was
-		// attached by this agent in that case.
-		dp.cfg.Log.WithError(err).Debug("query sk_msg programs on sb_sockhash")
+		// Querying sockmap programs needs kernel 6.0.
+		dp.cfg.Log.WithError(err).Warn("cannot detach the sk_msg program of a sockhash pinned by an agent that spliced: sockets already spliced stay spliced until they close")
 		return nil
 	}
 	for _, ap := range res.Programs {
@@ -215,89 +318,16 @@ func (dp *Datapath) setSplice(prog *ebpf.Program) error {
 	return nil
 }
 
-// loadCollections loads every object and returns its programs by name.
-func (dp *Datapath) loadCollections() (map[string]*ebpf.Program, error) {
-	connect, err := loadConnect()
-	if err != nil {
-		return nil, fmt.Errorf("load connect spec: %w", err)
-	}
-	if err := setConstants(connect, dp.connectConstants()); err != nil {
-		return nil, err
-	}
-	sockops, err := loadSockops()
-	if err != nil {
-		return nil, fmt.Errorf("load sockops spec: %w", err)
-	}
-	sockopt, err := loadSockopt()
-	if err != nil {
-		return nil, fmt.Errorf("load sockopt spec: %w", err)
-	}
-	if err := setConstants(sockops, map[string]any{"splice_enabled": boolByte(dp.cfg.Splice)}); err != nil {
-		return nil, err
-	}
-	skmsg, err := loadSkmsg()
-	if err != nil {
-		return nil, fmt.Errorf("load skmsg spec: %w", err)
-	}
-
-	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dp.cfg.PinDir}}
-	programs := map[string]*ebpf.Program{}
-	for _, spec := range []*ebpf.CollectionSpec{connect, sockops, sockopt, skmsg} {
-		coll, err := ebpf.NewCollectionWithOptions(spec, *opts)
-		if err != nil {
-			return nil, describeLoadError(err, dp.cfg.PinDir)
-		}
-		dp.colls = append(dp.colls, coll)
-		for name, p := range coll.Programs {
-			programs[name] = p
-		}
-	}
-	if err := dp.colls[0].Assign(&dp.maps); err != nil {
-		return nil, fmt.Errorf("assign maps: %w", err)
-	}
-	dp.iter = dp.loadIter()
-	return programs, nil
-}
-
-// loadIter loads the flow iterator, which only inspection needs: without
-// it (kernel < 5.9) the datapath runs and Flows reports an error.
-func (dp *Datapath) loadIter() *ebpf.Program {
-	spec, err := loadIter()
-	if err == nil {
-		var coll *ebpf.Collection
-		coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dp.cfg.PinDir}})
-		if err == nil {
-			dp.colls = append(dp.colls, coll)
-			return coll.Programs["iter_socks"]
-		}
-	}
-	dp.cfg.Log.WithError(err).Warn("flow iterator unavailable (needs kernel 5.9): live flows cannot be listed")
-	return nil
-}
-
-// connectConstants are connect.c's load-time settings.
-func (dp *Datapath) connectConstants() map[string]any {
-	var skip [maxSkipPorts]uint16
-	copy(skip[:], dp.cfg.InboundSkipPorts)
-	return map[string]any{
-		"proxy_uid":          dp.cfg.ProxyUID,
-		"proxy_gid":          dp.cfg.ProxyGID,
-		"outbound_port":      dp.cfg.OutboundPort,
-		"inbound_port":       dp.cfg.InboundPort,
-		"inbound_skip_ports": skip,
-		"tunnel_port":        dp.cfg.TunnelPort,
-	}
-}
-
-// setConstants sets const volatile globals of an object before it loads.
-func setConstants(spec *ebpf.CollectionSpec, consts map[string]any) error {
-	for name, v := range consts {
+// SetVariables sets const volatile globals of a spec before it loads; a name
+// the object does not have is an error, never a silent no-op.
+func SetVariables(spec *ebpf.CollectionSpec, vars map[string]any) error {
+	for name, v := range vars {
 		vs, ok := spec.Variables[name]
 		if !ok {
-			return fmt.Errorf("set constant %s: not in the BPF object", name)
+			return fmt.Errorf("set variable %s: not in the BPF object", name)
 		}
 		if err := vs.Set(v); err != nil {
-			return fmt.Errorf("set constant %s: %w", name, err)
+			return fmt.Errorf("set variable %s: %w", name, err)
 		}
 	}
 	return nil
@@ -316,42 +346,73 @@ func describeLoadError(err error, pinDir string) error {
 	return fmt.Errorf("load BPF programs: %w", err)
 }
 
-// attach adopts the link pinned for p when it is attached to the same cgroup,
-// updating it to prog; otherwise it attaches anew and pins the link.
-func attach(cfg Config, cgroupID uint64, p program, prog *ebpf.Program) (link.Link, error) {
+// attach adopts the link pinned for h when it is attached to the same
+// cgroup, updating it to prog; otherwise it attaches anew and pins the link.
+func attach(cfg Config, cgroupID uint64, h hook, name string, prog *ebpf.Program) (link.Link, error) {
 	if prog == nil {
-		return nil, fmt.Errorf("attach %s: program missing from the BPF objects", p.name)
+		return nil, fmt.Errorf("attach %s: program %s missing from the datapath object", h.name, name)
 	}
-	pin := filepath.Join(cfg.PinDir, linksDir, p.name)
+	pin := filepath.Join(cfg.PinDir, linksDir, h.name)
 	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
 		info, ierr := old.Info()
 		if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == cgroupID {
 			if err := old.Update(prog); err != nil {
 				old.Close()
-				return nil, fmt.Errorf("update pinned %s link: %w", p.name, err)
+				return nil, fmt.Errorf("update pinned %s link to %s: %w", h.name, name, err)
 			}
-			cfg.Log.WithField("program", p.name).Debug("adopted pinned link")
+			cfg.Log.WithField("hook", h.name).WithField("program", name).Debug("adopted pinned link")
 			return old, nil
 		}
 		// Pinned for another cgroup: the configuration changed.
-		cfg.Log.WithField("program", p.name).Info("replacing link pinned for another cgroup")
+		cfg.Log.WithField("hook", h.name).Info("replacing link pinned for another cgroup")
 		err := errors.Join(old.Unpin(), old.Close())
 		if err != nil {
-			return nil, fmt.Errorf("remove stale %s link: %w", p.name, err)
+			return nil, fmt.Errorf("remove stale %s link: %w", h.name, err)
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("load pinned %s link: %w", p.name, err)
+		return nil, fmt.Errorf("load pinned %s link: %w", h.name, err)
 	}
 
-	l, err := link.AttachCgroup(link.CgroupOptions{Path: cfg.CgroupPath, Attach: p.attach, Program: prog})
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: cfg.CgroupPath, Attach: h.attach, Program: prog})
 	if err != nil {
-		return nil, fmt.Errorf("attach %s to %s: %w", p.name, cfg.CgroupPath, err)
+		return nil, fmt.Errorf("attach %s to %s: %w", name, cfg.CgroupPath, err)
 	}
 	if err := l.Pin(pin); err != nil {
 		l.Close()
-		return nil, fmt.Errorf("pin %s link (bpf_link for cgroups needs kernel 5.7): %w", p.name, err)
+		return nil, fmt.Errorf("pin %s link: %w", h.name, err)
 	}
 	return l, nil
+}
+
+// replaceOldLayout uninstalls a datapath pinned by an agent of the earlier
+// layout (links pinned by program name, one object per hook family), so
+// that this agent installs its own cleanly; it says so in one log line.
+// Connections opened in between are not captured: the zero-gap upgrade
+// across layouts is the versioned pin layout's job.
+func replaceOldLayout(cfg Config) error {
+	entries, err := os.ReadDir(filepath.Join(cfg.PinDir, linksDir))
+	if err != nil {
+		return nil // nothing pinned yet
+	}
+	known := map[string]bool{}
+	for _, h := range hooks {
+		known[h.name] = true
+	}
+	var old []string
+	for _, e := range entries {
+		if !known[e.Name()] {
+			old = append(old, e.Name())
+		}
+	}
+	if len(old) == 0 {
+		return nil
+	}
+	cfg.Log.WithField("pin_dir", cfg.PinDir).WithField("old_links", old).
+		Warn("found a datapath pinned by an earlier sockbridge layout: uninstalling it and installing this version's")
+	if err := Uninstall(cfg.PinDir); err != nil {
+		return fmt.Errorf("replace the earlier layout in %s: %w", cfg.PinDir, err)
+	}
+	return EnsurePinDir(cfg.PinDir)
 }
 
 // Close releases the agent's handles. Pinned links keep the programs
@@ -361,10 +422,10 @@ func (dp *Datapath) Close() error {
 	for _, l := range dp.links {
 		errs = append(errs, l.Close())
 	}
-	for i := len(dp.colls) - 1; i >= 0; i-- {
-		dp.colls[i].Close()
+	if dp.coll != nil {
+		dp.coll.Close()
 	}
-	dp.links, dp.colls = nil, nil
+	dp.links, dp.coll = nil, nil
 	return errors.Join(errs...)
 }
 
@@ -394,36 +455,21 @@ func Uninstall(pinDir string) error {
 	return errors.Join(errs...)
 }
 
-// ensurePinDir creates dir on bpffs, mounting bpffs at /sys/fs/bpf when dir
-// lies below it and nothing is mounted there yet.
-func ensurePinDir(dir string) error {
-	const bpffsRoot = "/sys/fs/bpf"
-	parent := filepath.Dir(filepath.Clean(dir))
-	if ok, _ := isBPFFS(parent); !ok && parent == bpffsRoot {
-		if err := os.MkdirAll(bpffsRoot, 0o755); err != nil {
-			return fmt.Errorf("create %s: %w", bpffsRoot, err)
-		}
-		if err := unix.Mount("bpf", bpffsRoot, "bpf", 0, "mode=0700"); err != nil {
-			return fmt.Errorf("mount bpffs at %s: %w", bpffsRoot, err)
-		}
+// EnsurePinDir creates dir on bpffs, mounting bpffs at /sys/fs/bpf first
+// when dir lies below it and nothing is mounted there yet.
+func EnsurePinDir(dir string) error {
+	if err := bpffs.Mount(dir); err != nil {
+		return err
 	}
 	if err := os.MkdirAll(filepath.Join(dir, linksDir), 0o700); err != nil {
 		return fmt.Errorf("create pin directory %s: %w", dir, err)
 	}
-	ok, err := isBPFFS(dir)
+	ok, err := bpffs.Is(dir)
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return fmt.Errorf("pin directory %s is not on bpffs (mount -t bpf bpf %s)", dir, parent)
+		return fmt.Errorf("pin directory %s is not on bpffs (mount -t bpf bpf %s)", dir, filepath.Dir(dir))
 	}
 	return nil
-}
-
-func isBPFFS(path string) (bool, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		return false, fmt.Errorf("statfs %s: %w", path, err)
-	}
-	return st.Type == unix.BPF_FS_MAGIC, nil
 }

@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"net/netip"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
+
+	"github.com/sockbridge/sockbridge/pkg/sockdiag"
 )
 
 // Flow is one socket that carries sockbridge state.
@@ -19,6 +19,15 @@ type Flow struct {
 	// pod's inbound port), "sidecar" (accepted by the sidecar) or
 	// "passthrough" (either end of the sidecar's inbound passthrough).
 	Role string `json:"role"`
+	// Local and Remote are the socket's own addresses.
+	Local  netip.AddrPort `json:"local"`
+	Remote netip.AddrPort `json:"remote"`
+	// State is the TCP state ("ESTABLISHED", "CLOSE_WAIT" ...).
+	State string `json:"state"`
+	// Netns is the inode of the socket's network namespace
+	// (/proc/PID/ns/net -> net:[Netns]); Cgroup its cgroup v2 id.
+	Netns  uint64 `json:"netns"`
+	Cgroup uint64 `json:"cgroup"`
 }
 
 // LiveSockets counts the sockets that carry sockbridge state. The kernel
@@ -29,59 +38,63 @@ func (dp *Datapath) LiveSockets() (int, error) {
 	return len(flows), err
 }
 
-// Flows lists the sockets that carry sockbridge state, through the
-// iter/bpf_sk_storage_map program (kernel 5.9).
+// Flows lists the sockets that carry sockbridge state (sb_socks), in every
+// network namespace on the node, through sock_diag
+// (INET_DIAG_REQ_SK_BPF_STORAGES). It needs no BPF program, so it works on
+// kernels that refuse tracing programs.
+//
+// Kernel: 5.2; CAP_BPF or CAP_SYS_ADMIN, and CAP_SYS_ADMIN to enter the
+// pods' network namespaces. With an error it still returns the flows of
+// the namespaces it could read.
 func (dp *Datapath) Flows() ([]Flow, error) {
-	if dp.iter == nil {
-		return nil, fmt.Errorf("flow iterator not loaded (needs kernel 5.9)")
-	}
-	return readFlows(dp.iter, dp.maps.SbSocks)
+	return listFlows(dp.maps.SbSocks)
 }
 
-func readFlows(prog *ebpf.Program, socks *ebpf.Map) ([]Flow, error) {
-	it, err := link.AttachIter(link.IterOptions{Program: prog, Map: socks})
+func listFlows(socks *ebpf.Map) ([]Flow, error) {
+	info, err := socks.Info()
 	if err != nil {
-		return nil, fmt.Errorf("attach flow iterator: %w", err)
+		return nil, fmt.Errorf("list flows: map info of sb_socks: %w", err)
 	}
-	defer it.Close()
-	r, err := it.Open()
-	if err != nil {
-		return nil, fmt.Errorf("open flow iterator: %w", err)
+	id, ok := info.ID()
+	if !ok {
+		return nil, fmt.Errorf("list flows: the kernel gives no id for sb_socks")
 	}
-	defer r.Close()
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return nil, fmt.Errorf("read flow iterator: %w", err)
-	}
-	var (
-		rec   connectSbSock
-		flows []Flow
-	)
-	size := binary.Size(rec)
-	if len(data)%size != 0 {
-		return nil, fmt.Errorf("flow iterator returned %d bytes, not a multiple of %d", len(data), size)
-	}
-	for off := 0; off < len(data); off += size {
-		if err := binary.Read(bytes.NewReader(data[off:off+size]), binary.LittleEndian, &rec); err != nil {
-			return nil, fmt.Errorf("decode flow: %w", err)
+	found, err := sockdiag.DumpAll([]int{socks.FD()}, sockdiag.Options{})
+	var flows []Flow
+	for _, s := range found {
+		raw, ok := s.Storage[uint32(id)]
+		if !ok {
+			continue
+		}
+		var rec datapathSbSock
+		if derr := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &rec); derr != nil {
+			return flows, fmt.Errorf("list flows: decode sb_socks value of %d bytes: %w", len(raw), derr)
 		}
 		flows = append(flows, Flow{
 			OrigDst: netip.AddrPortFrom(netToIP4(rec.Ip4), ntohs(rec.Port)),
 			Role:    flowRole(rec.Flags),
+			Local:   s.Local,
+			Remote:  s.Remote,
+			State:   s.State.String(),
+			Netns:   s.NetnsInode,
+			Cgroup:  s.CgroupID,
 		})
+	}
+	if err != nil {
+		return flows, fmt.Errorf("list flows through sock_diag: %w", err)
 	}
 	return flows, nil
 }
 
 func flowRole(flags uint16) string {
 	switch {
-	case flags&uint16(connectSbSockFlagSB_SOCK_CAPTURED) != 0:
+	case flags&uint16(datapathSbSockFlagSB_SOCK_CAPTURED) != 0:
 		return "app"
-	case flags&uint16(connectSbSockFlagSB_SOCK_SHORTCUT) != 0:
+	case flags&uint16(datapathSbSockFlagSB_SOCK_SHORTCUT) != 0:
 		return "shortcut"
-	case flags&uint16(connectSbSockFlagSB_SOCK_ORIGDST) != 0:
+	case flags&uint16(datapathSbSockFlagSB_SOCK_ORIGDST) != 0:
 		return "sidecar"
-	case flags&uint16(connectSbSockFlagSB_SOCK_PASSTHROUGH) != 0:
+	case flags&uint16(datapathSbSockFlagSB_SOCK_PASSTHROUGH) != 0:
 		return "passthrough"
 	}
 	return fmt.Sprintf("flags=%#x", flags)

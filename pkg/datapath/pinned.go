@@ -3,12 +3,16 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
 
-// Snapshot is what the pinned maps hold, for `sockbridge maps`.
+// Snapshot is what the pinned maps hold, for `sockbridge maps`. A part that
+// cannot be read is left empty and named in Unavailable with the reason;
+// the rest is still there.
 type Snapshot struct {
 	Pods     []Pod             `json:"pods"`
 	Stats    map[string]uint64 `json:"stats"`
@@ -17,74 +21,79 @@ type Snapshot struct {
 	Spliced int `json:"spliced_sockets"`
 	// Flows lists the sockets that carry sockbridge state.
 	Flows []Flow `json:"flows"`
+	// Maps lists the datapath's pinned maps found in the pin directory.
+	Maps []string `json:"maps"`
+	// Unavailable names each part of the snapshot that could not be read,
+	// with the reason ("flows": "sock_diag: ..."). Empty when complete.
+	Unavailable map[string]string `json:"unavailable,omitempty"`
 }
 
 // ReadPinned reads the maps an agent pinned in pinDir without loading any
-// program.
+// program. It walks the datapath object's pinned maps, so a new map is
+// read without a change here. It fails as a whole only when nothing is
+// pinned there; otherwise every part it cannot read is named in
+// Snapshot.Unavailable.
 func ReadPinned(pinDir string) (*Snapshot, error) {
-	var (
-		dp   Datapath
-		errs []error
-	)
-	open := func(name string) *ebpf.Map {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), &ebpf.LoadPinOptions{ReadOnly: true})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("open pinned map %s (is the agent installed?): %w", name, err))
-		}
-		return m
+	spec, err := loadDatapath()
+	if err != nil {
+		return nil, fmt.Errorf("load datapath spec: %w", err)
 	}
-	dp.maps.SbPods = open("sb_pods")
-	dp.maps.SbStats = open("sb_stats")
-	dp.maps.SbTuples = open("sb_tuples")
-	dp.maps.SbPorts = open("sb_ports")
-	dp.maps.SbCidrExcl = open("sb_cidr_excl")
-	dp.maps.SbCidrIncl = open("sb_cidr_incl")
-	dp.maps.SbSockhash = open("sb_sockhash")
-	dp.maps.SbSocks = open("sb_socks")
+	s := &Snapshot{Pods: []Pod{}, Flows: []Flow{}, Unavailable: map[string]string{}}
+	opened := map[string]*ebpf.Map{}
 	defer func() {
-		for _, m := range []*ebpf.Map{dp.maps.SbPods, dp.maps.SbStats, dp.maps.SbTuples, dp.maps.SbPorts,
-			dp.maps.SbCidrExcl, dp.maps.SbCidrIncl, dp.maps.SbSockhash, dp.maps.SbSocks} {
-			if m != nil {
-				m.Close()
-			}
+		for _, m := range opened {
+			m.Close()
 		}
 	}()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
+	names := make([]string, 0, len(spec.Maps))
+	for name, ms := range spec.Maps {
+		if ms.Pinning == ebpf.PinByName {
+			names = append(names, name)
+		}
 	}
-	var (
-		s   Snapshot
-		err error
-	)
-	if s.Pods, err = dp.Pods(); err != nil {
-		return nil, err
+	slices.Sort(names)
+	for _, name := range names {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		switch {
+		case err == nil:
+			opened[name] = m
+			s.Maps = append(s.Maps, name)
+		case errors.Is(err, os.ErrNotExist) && name == datapathMapSbSockhash:
+			// Not created when the agent runs without splicing.
+		case errors.Is(err, os.ErrNotExist):
+			s.Unavailable["map "+name] = "not pinned in " + pinDir
+		default:
+			s.Unavailable["map "+name] = err.Error()
+		}
 	}
-	if s.Stats, err = dp.Stats(); err != nil {
-		return nil, err
+	if len(opened) == 0 {
+		return nil, fmt.Errorf("no sockbridge map pinned in %s (is the agent installed?)", pinDir)
 	}
-	if s.InFlight, err = dp.InFlightTuples(); err != nil {
-		return nil, err
+	var dp Datapath
+	assignMaps(opened, &dp.maps)
+	part := func(name string, read func() error, need ...*ebpf.Map) {
+		if slices.Contains(need, nil) {
+			s.Unavailable[name] = "a map it is read from is not pinned (see the map entries)"
+			return
+		}
+		if err := read(); err != nil {
+			s.Unavailable[name] = err.Error()
+		}
 	}
-	if s.Spliced, err = dp.SplicedSockets(); err != nil {
-		return nil, err
+	m := &dp.maps
+	part("pods", func() (err error) { s.Pods, err = dp.Pods(); return }, m.SbPods, m.SbPorts, m.SbCidrExcl, m.SbCidrIncl)
+	part("stats", func() (err error) { s.Stats, err = dp.Stats(); return }, m.SbStats)
+	part("in_flight_handshakes", func() (err error) { s.InFlight, err = dp.InFlightTuples(); return }, m.SbTuples)
+	if m.SbSockhash != nil {
+		part("spliced_sockets", func() (err error) { s.Spliced, err = dp.SplicedSockets(); return }, m.SbSockhash)
 	}
-	if s.Flows, err = pinnedFlows(dp.maps.SbSocks); err != nil {
-		return nil, err
+	part("flows", func() error {
+		flows, err := dp.Flows()
+		s.Flows = append(s.Flows, flows...)
+		return err
+	}, m.SbSocks)
+	if len(s.Unavailable) == 0 {
+		s.Unavailable = nil
 	}
-	return &s, nil
-}
-
-// pinnedFlows loads the flow iterator against the pinned socket storage.
-func pinnedFlows(socks *ebpf.Map) ([]Flow, error) {
-	spec, err := loadIter()
-	if err != nil {
-		return nil, fmt.Errorf("load iter spec: %w", err)
-	}
-	var objs iterObjects
-	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{"sb_socks": socks}}
-	if err := spec.LoadAndAssign(&objs.iterPrograms, opts); err != nil {
-		return nil, fmt.Errorf("load flow iterator: %w", err)
-	}
-	defer objs.iterPrograms.Close()
-	return readFlows(objs.IterSocks, socks)
+	return s, nil
 }

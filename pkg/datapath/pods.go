@@ -15,19 +15,19 @@ import (
 // Pod is one pod's entry in the datapath: its policy.
 type Pod = policy.Pod
 
-func podValue(p Pod) connectSbPod {
-	v := connectSbPod{}
+func podValue(p Pod) datapathSbPod {
+	v := datapathSbPod{}
 	if p.IPv4.Is4() {
 		v.Ip4 = ip4ToNet(p.IPv4)
 	}
 	if p.Capture {
-		v.Flags |= uint32(connectSbPodFlagSB_POD_CAPTURE)
+		v.Flags |= uint32(datapathSbPodFlagSB_POD_CAPTURE)
 	}
 	if p.Outbound.AllIPs {
-		v.Flags |= uint32(connectSbPodFlagSB_POD_OUT_ALL_IPS)
+		v.Flags |= uint32(datapathSbPodFlagSB_POD_OUT_ALL_IPS)
 	}
 	if p.Inbound.AllPorts {
-		v.Flags |= uint32(connectSbPodFlagSB_POD_IN_ALL_PORTS)
+		v.Flags |= uint32(datapathSbPodFlagSB_POD_IN_ALL_PORTS)
 	}
 	return v
 }
@@ -48,16 +48,16 @@ func ntohs(v uint16) uint16 { return v>>8 | v<<8 }
 
 // podRules are the sb_ports and sb_cidr_* entries one pod owns.
 type podRules struct {
-	ports map[connectSbPortKey]uint8
-	excl  map[connectSbCidrKey]bool
-	incl  map[connectSbCidrKey]bool
+	ports map[datapathSbPortKey]uint8
+	excl  map[datapathSbCidrKey]bool
+	incl  map[datapathSbCidrKey]bool
 }
 
 func newPodRules() *podRules {
 	return &podRules{
-		ports: map[connectSbPortKey]uint8{},
-		excl:  map[connectSbCidrKey]bool{},
-		incl:  map[connectSbCidrKey]bool{},
+		ports: map[datapathSbPortKey]uint8{},
+		excl:  map[datapathSbCidrKey]bool{},
+		incl:  map[datapathSbCidrKey]bool{},
 	}
 }
 
@@ -67,13 +67,13 @@ func rulesOf(p Pod) (*podRules, error) {
 	lists := []struct {
 		name   string
 		ports  []uint16
-		dir    connectSbDirection
-		action connectSbPortAction
+		dir    datapathSbDirection
+		action datapathSbPortAction
 	}{
-		{"outbound exclude ports", p.Outbound.ExcludePorts, connectSbDirectionSB_DIR_OUTBOUND, connectSbPortActionSB_PORT_EXCLUDE},
-		{"outbound include ports", p.Outbound.IncludePorts, connectSbDirectionSB_DIR_OUTBOUND, connectSbPortActionSB_PORT_INCLUDE},
-		{"inbound exclude ports", p.Inbound.ExcludePorts, connectSbDirectionSB_DIR_INBOUND, connectSbPortActionSB_PORT_EXCLUDE},
-		{"inbound include ports", p.Inbound.IncludePorts, connectSbDirectionSB_DIR_INBOUND, connectSbPortActionSB_PORT_INCLUDE},
+		{"outbound exclude ports", p.Outbound.ExcludePorts, datapathSbDirectionSB_DIR_OUTBOUND, datapathSbPortActionSB_PORT_EXCLUDE},
+		{"outbound include ports", p.Outbound.IncludePorts, datapathSbDirectionSB_DIR_OUTBOUND, datapathSbPortActionSB_PORT_INCLUDE},
+		{"inbound exclude ports", p.Inbound.ExcludePorts, datapathSbDirectionSB_DIR_INBOUND, datapathSbPortActionSB_PORT_EXCLUDE},
+		{"inbound include ports", p.Inbound.IncludePorts, datapathSbDirectionSB_DIR_INBOUND, datapathSbPortActionSB_PORT_INCLUDE},
 	}
 	for _, l := range lists {
 		if len(l.ports) > policy.MaxPorts {
@@ -83,14 +83,14 @@ func rulesOf(p Pod) (*podRules, error) {
 			if port == 0 {
 				return nil, fmt.Errorf("pod %s: port 0 in %s", p.Name, l.name)
 			}
-			k := connectSbPortKey{CgroupId: p.CgroupID, Port: port, Dir: uint8(l.dir)}
+			k := datapathSbPortKey{CgroupId: p.CgroupID, Port: port, Dir: uint8(l.dir)}
 			r.ports[k] |= uint8(l.action)
 		}
 	}
 	cidrs := []struct {
 		name     string
 		prefixes []netip.Prefix
-		into     map[connectSbCidrKey]bool
+		into     map[datapathSbCidrKey]bool
 	}{
 		{"outbound exclude ranges", p.Outbound.ExcludeCIDRs, r.excl},
 		{"outbound include ranges", p.Outbound.IncludeCIDRs, r.incl},
@@ -104,7 +104,7 @@ func rulesOf(p Pod) (*podRules, error) {
 				return nil, fmt.Errorf("pod %s: %s in %s is not an IPv4 range", p.Name, pfx, l.name)
 			}
 			pfx = pfx.Masked()
-			l.into[connectSbCidrKey{
+			l.into[datapathSbCidrKey{
 				Prefixlen: 64 + uint32(pfx.Bits()),
 				CgroupLo:  uint32(p.CgroupID),
 				CgroupHi:  uint32(p.CgroupID >> 32),
@@ -142,7 +142,7 @@ func (dp *Datapath) UpsertPod(p Pod) error {
 	}
 	for _, set := range []struct {
 		m    *ebpf.Map
-		keys map[connectSbCidrKey]bool
+		keys map[datapathSbCidrKey]bool
 	}{{dp.maps.SbCidrExcl, rules.excl}, {dp.maps.SbCidrIncl, rules.incl}} {
 		for k := range set.keys {
 			if err := set.m.Put(k, uint8(1)); err != nil {
@@ -152,7 +152,7 @@ func (dp *Datapath) UpsertPod(p Pod) error {
 	}
 
 	value := podValue(p)
-	var prev connectSbPod
+	var prev datapathSbPod
 	err = dp.maps.SbPods.Lookup(p.CgroupID, &prev)
 	isNew := errors.Is(err, ebpf.ErrKeyNotExist)
 	if err == nil && prev.Ip4 != 0 && prev.Ip4 != value.Ip4 {
@@ -171,7 +171,7 @@ func (dp *Datapath) UpsertPod(p Pod) error {
 		}
 	}
 	if value.Ip4 != 0 {
-		if err := dp.maps.SbPodIps.Put(value.Ip4, connectSbPodIp{CgroupId: p.CgroupID}); err != nil {
+		if err := dp.maps.SbPodIps.Put(value.Ip4, datapathSbPodIp{CgroupId: p.CgroupID}); err != nil {
 			return fmt.Errorf("update pod %s ip %s: %w", p.Name, p.IPv4, err)
 		}
 	}
@@ -253,7 +253,7 @@ func (dp *Datapath) readRules() (map[uint64]*podRules, error) {
 		return idx[id]
 	}
 	var (
-		pk connectSbPortKey
+		pk datapathSbPortKey
 		pv uint8
 	)
 	it := dp.maps.SbPorts.Iterate()
@@ -265,13 +265,13 @@ func (dp *Datapath) readRules() (map[uint64]*podRules, error) {
 	}
 	for _, trie := range []struct {
 		m    *ebpf.Map
-		pick func(*podRules) map[connectSbCidrKey]bool
+		pick func(*podRules) map[datapathSbCidrKey]bool
 	}{
-		{dp.maps.SbCidrExcl, func(r *podRules) map[connectSbCidrKey]bool { return r.excl }},
-		{dp.maps.SbCidrIncl, func(r *podRules) map[connectSbCidrKey]bool { return r.incl }},
+		{dp.maps.SbCidrExcl, func(r *podRules) map[datapathSbCidrKey]bool { return r.excl }},
+		{dp.maps.SbCidrIncl, func(r *podRules) map[datapathSbCidrKey]bool { return r.incl }},
 	} {
 		var (
-			ck connectSbCidrKey
+			ck datapathSbCidrKey
 			cv uint8
 		)
 		it := trie.m.Iterate()
@@ -287,7 +287,7 @@ func (dp *Datapath) readRules() (map[uint64]*podRules, error) {
 
 // deleteIP removes ip from the IP index if it still points at cgroupID.
 func (dp *Datapath) deleteIP(ip uint32, cgroupID uint64) error {
-	var cur connectSbPodIp
+	var cur datapathSbPodIp
 	if err := dp.maps.SbPodIps.Lookup(ip, &cur); err != nil || cur.CgroupId != cgroupID {
 		return nil
 	}
@@ -306,7 +306,7 @@ func (dp *Datapath) DeletePod(cgroupID uint64) error {
 	if err != nil {
 		return err
 	}
-	var prev connectSbPod
+	var prev datapathSbPod
 	if err := dp.maps.SbPods.Lookup(cgroupID, &prev); err == nil {
 		if prev.Ip4 != 0 {
 			if err := dp.deleteIP(prev.Ip4, cgroupID); err != nil {
@@ -330,7 +330,7 @@ func (dp *Datapath) DeletePod(cgroupID uint64) error {
 func (dp *Datapath) Pods() ([]Pod, error) {
 	var (
 		id   uint64
-		v    connectSbPod
+		v    datapathSbPod
 		pods []Pod
 	)
 	rules, err := dp.readRules()
@@ -339,12 +339,12 @@ func (dp *Datapath) Pods() ([]Pod, error) {
 	}
 	it := dp.maps.SbPods.Iterate()
 	for it.Next(&id, &v) {
-		p := Pod{CgroupID: id, Capture: v.Flags&uint32(connectSbPodFlagSB_POD_CAPTURE) != 0}
+		p := Pod{CgroupID: id, Capture: v.Flags&uint32(datapathSbPodFlagSB_POD_CAPTURE) != 0}
 		if v.Ip4 != 0 {
 			p.IPv4 = netToIP4(v.Ip4)
 		}
-		p.Outbound.AllIPs = v.Flags&uint32(connectSbPodFlagSB_POD_OUT_ALL_IPS) != 0
-		p.Inbound.AllPorts = v.Flags&uint32(connectSbPodFlagSB_POD_IN_ALL_PORTS) != 0
+		p.Outbound.AllIPs = v.Flags&uint32(datapathSbPodFlagSB_POD_OUT_ALL_IPS) != 0
+		p.Inbound.AllPorts = v.Flags&uint32(datapathSbPodFlagSB_POD_IN_ALL_PORTS) != 0
 		if r := rules[id]; r != nil {
 			r.decode(&p)
 		}
@@ -360,15 +360,15 @@ func (dp *Datapath) Pods() ([]Pod, error) {
 // decode fills p's lists from the rules, sorted.
 func (r *podRules) decode(p *Pod) {
 	for k, v := range r.ports {
-		out := k.Dir == uint8(connectSbDirectionSB_DIR_OUTBOUND)
-		if v&uint8(connectSbPortActionSB_PORT_EXCLUDE) != 0 {
+		out := k.Dir == uint8(datapathSbDirectionSB_DIR_OUTBOUND)
+		if v&uint8(datapathSbPortActionSB_PORT_EXCLUDE) != 0 {
 			if out {
 				p.Outbound.ExcludePorts = append(p.Outbound.ExcludePorts, k.Port)
 			} else {
 				p.Inbound.ExcludePorts = append(p.Inbound.ExcludePorts, k.Port)
 			}
 		}
-		if v&uint8(connectSbPortActionSB_PORT_INCLUDE) != 0 {
+		if v&uint8(datapathSbPortActionSB_PORT_INCLUDE) != 0 {
 			if out {
 				p.Outbound.IncludePorts = append(p.Outbound.IncludePorts, k.Port)
 			} else {
@@ -376,7 +376,7 @@ func (r *podRules) decode(p *Pod) {
 			}
 		}
 	}
-	prefix := func(k connectSbCidrKey) netip.Prefix {
+	prefix := func(k datapathSbCidrKey) netip.Prefix {
 		return netip.PrefixFrom(netToIP4(k.Ip4), int(k.Prefixlen)-64)
 	}
 	for k := range r.excl {
@@ -424,8 +424,8 @@ func (dp *Datapath) SyncPods(want []Pod) error {
 // node.
 func (dp *Datapath) InFlightTuples() (int, error) {
 	var (
-		k connectSbTuple
-		v connectSbSock
+		k datapathSbTuple
+		v datapathSbSock
 		n int
 	)
 	it := dp.maps.SbTuples.Iterate()
@@ -438,10 +438,14 @@ func (dp *Datapath) InFlightTuples() (int, error) {
 	return n, nil
 }
 
-// SplicedSockets counts the sockets in sb_sockhash (two per spliced flow).
+// SplicedSockets counts the sockets in sb_sockhash (two per spliced flow);
+// 0 when the datapath runs without splicing (no sockhash).
 func (dp *Datapath) SplicedSockets() (int, error) {
+	if dp.maps.SbSockhash == nil {
+		return 0, nil
+	}
 	var (
-		k connectSbSockKey
+		k datapathSbSockKey
 		v uint64
 		n int
 	)
@@ -461,25 +465,25 @@ func (dp *Datapath) Stats() (map[string]uint64, error) {
 }
 
 // statNames names the counters of enum sb_stat.
-var statNames = map[connectSbStat]string{
-	connectSbStatSB_STAT_CAPTURED:          "captured",
-	connectSbStatSB_STAT_SHORTCUT:          "shortcut",
-	connectSbStatSB_STAT_BIND_FAILED:       "bind_failed",
-	connectSbStatSB_STAT_STORAGE_FAILED:    "storage_failed",
-	connectSbStatSB_STAT_TUPLE_FAILED:      "tuple_failed",
-	connectSbStatSB_STAT_ORIGDST_ANSWERED:  "origdst_answered",
-	connectSbStatSB_STAT_ORIGDST_UNKNOWN:   "origdst_unknown",
-	connectSbStatSB_STAT_PEERNAME_RESTORED: "peername_restored",
-	connectSbStatSB_STAT_SPLICE_ADDED:      "splice_added",
-	connectSbStatSB_STAT_SPLICE_ADD_FAILED: "splice_add_failed",
-	connectSbStatSB_STAT_SPLICE_REDIRECTED: "splice_redirected",
-	connectSbStatSB_STAT_SPLICE_PASSED:     "splice_passed",
-	connectSbStatSB_STAT_CGROUP_WALK:       "cgroup_walks",
+var statNames = map[datapathSbStat]string{
+	datapathSbStatSB_STAT_CAPTURED:          "captured",
+	datapathSbStatSB_STAT_SHORTCUT:          "shortcut",
+	datapathSbStatSB_STAT_BIND_FAILED:       "bind_failed",
+	datapathSbStatSB_STAT_STORAGE_FAILED:    "storage_failed",
+	datapathSbStatSB_STAT_TUPLE_FAILED:      "tuple_failed",
+	datapathSbStatSB_STAT_ORIGDST_ANSWERED:  "origdst_answered",
+	datapathSbStatSB_STAT_ORIGDST_UNKNOWN:   "origdst_unknown",
+	datapathSbStatSB_STAT_PEERNAME_RESTORED: "peername_restored",
+	datapathSbStatSB_STAT_SPLICE_ADDED:      "splice_added",
+	datapathSbStatSB_STAT_SPLICE_ADD_FAILED: "splice_add_failed",
+	datapathSbStatSB_STAT_SPLICE_REDIRECTED: "splice_redirected",
+	datapathSbStatSB_STAT_SPLICE_PASSED:     "splice_passed",
+	datapathSbStatSB_STAT_CGROUP_WALK:       "cgroup_walks",
 }
 
 func readStats(m *ebpf.Map) (map[string]uint64, error) {
 	out := make(map[string]uint64, len(statNames))
-	for i := connectSbStat(0); i < connectSbStatSB_STAT_MAX; i++ {
+	for i := datapathSbStat(0); i < datapathSbStatSB_STAT_MAX; i++ {
 		var perCPU []uint64
 		if err := m.Lookup(uint32(i), &perCPU); err != nil {
 			return nil, fmt.Errorf("read counter %d: %w", i, err)

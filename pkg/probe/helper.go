@@ -16,9 +16,12 @@ import (
 // selfTestEnv names the self-test a re-executed helper process runs.
 const selfTestEnv = "SOCKBRIDGE_PROBE_SELFTEST"
 
-// A helper process is this binary started by runHelper: it runs its test
-// before main and exits.
-func init() {
+// RunHelperIfRequested runs one self-test's helper side and exits when this
+// process was started as a helper by the probe (which re-executes
+// /proc/self/exe with SOCKBRIDGE_PROBE_SELFTEST set); otherwise it returns
+// at once. Every binary that runs the probe calls it first thing in main
+// (or TestMain).
+func RunHelperIfRequested() {
 	if name, ok := os.LookupEnv(selfTestEnv); ok {
 		os.Exit(helperMain(name))
 	}

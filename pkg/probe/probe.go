@@ -18,12 +18,13 @@
 // the temporary cgroup (clone3 with CLONE_INTO_CGROUP, Linux 5.7); on an
 // older kernel they fail, which the essential features fail anyway.
 //
-// Self-test helpers: importing this package registers a hook that runs
-// before main. A process started by the probe with SOCKBRIDGE_PROBE_SELFTEST
-// set runs one self-test's client side and exits; the probe re-executes
-// /proc/self/exe for this, so any binary that imports the package (the
-// sockbridge command, a test binary) can run the probe. Nothing happens
-// when the variable is not set.
+// Self-test helpers: the probe re-executes /proc/self/exe with
+// SOCKBRIDGE_PROBE_SELFTEST set to run one self-test's client side, so any
+// binary that runs the probe calls RunHelperIfRequested first thing in main
+// (or TestMain).
+//
+// The caller removes the memlock rlimit first on kernels before 5.11
+// (rlimit.RemoveMemlock; cmd/sockbridge does).
 package probe
 
 import (
@@ -36,14 +37,14 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
-	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
+	"github.com/sockbridge/sockbridge/pkg/bpffs"
 	"github.com/sockbridge/sockbridge/pkg/cgroups"
 )
 
 // DefaultBPFFS is the bpffs mount the datapath pins under.
-const DefaultBPFFS = "/sys/fs/bpf"
+const DefaultBPFFS = bpffs.Root
 
 // Options says where the probe looks and where it may create its temporary
 // cgroups.
@@ -71,9 +72,6 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	release, err := kernelRelease()
 	if err != nil {
 		return nil, err
-	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("probe the kernel: remove memlock rlimit, run as root: %w", err)
 	}
 	if err := features.HaveMapType(ebpf.Hash); errors.Is(err, unix.EPERM) {
 		return nil, fmt.Errorf("probe the kernel: bpf(2) not permitted, run as root: %w", err)
@@ -104,6 +102,8 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		return nil, fmt.Errorf("clean up after the probe: %w", hooksErr)
 	}
 	r.Features = append(append(r.Features, types...), hooks...)
+	r.Features = append(r.Features, probeFlowListing())
+	classifyAll(r.Features, hostEnv(release))
 	r.DurationMS = time.Since(start).Milliseconds()
 	return r, nil
 }
@@ -127,13 +127,13 @@ func probeCgroup2(root string) (Feature, string) {
 	if root == "" {
 		root, err = cgroups.Root()
 		if err != nil {
-			f.Error = err.Error()
+			f.Error, f.Cause = err.Error(), CauseNotMounted
 			return finish(f), ""
 		}
 	} else if ok, err := cgroups.IsCgroup2(root); err != nil || !ok {
-		f.Error = fmt.Sprintf("%s is not a cgroup v2 mount", root)
+		f.Error, f.Cause = fmt.Sprintf("%s is not a cgroup v2 mount", root), CauseNotMounted
 		if err != nil {
-			f.Error = err.Error()
+			f.Error, f.Cause = err.Error(), CauseProbeFailed
 		}
 		return finish(f), ""
 	}
@@ -145,21 +145,22 @@ func probeCgroup2(root string) (Feature, string) {
 	return finish(f), root
 }
 
-// probeBPFFS checks that the pin directory's filesystem is bpffs.
+// probeBPFFS checks that the pin directory is on bpffs, or will be once the
+// agent has mounted bpffs at /sys/fs/bpf (as it does on a fresh node).
 func probeBPFFS(dir string) Feature {
 	f := Feature{Name: "bpffs", Kind: KindKernel, MinKernel: "4.4", NeededFor: NeedCapture}
 	if dir == "" {
 		dir = DefaultBPFFS
 	}
-	var st unix.Statfs_t
-	switch err := unix.Statfs(dir, &st); {
-	case err != nil:
-		f.Error = fmt.Sprintf("statfs %s: %v", dir, err)
-	case st.Type != unix.BPF_FS_MAGIC:
-		f.Error = fmt.Sprintf("%s is not a bpf filesystem (mount -t bpf bpf %s)", dir, dir)
-	default:
+	st := bpffs.Check(dir)
+	switch st.State {
+	case bpffs.Mounted, bpffs.Mountable:
 		f.Supported = true
-		f.Detail = dir
+		f.Detail = st.Detail
+	case bpffs.NotBPFFS:
+		f.Error, f.Cause = st.Detail, CauseNotMounted
+	default:
+		f.Error, f.Cause = st.Detail, CauseKernelConfig
 	}
 	return finish(f)
 }
@@ -184,12 +185,31 @@ func finish(f Feature) Feature {
 	return f
 }
 
-// result turns a check's error into a feature.
+// result turns a check's error into a feature; Run classifies the error
+// into f.Cause once every check is done.
 func result(f Feature, err error) Feature {
-	if err == nil {
-		f.Supported = true
-	} else {
+	f.Supported, f.Error, f.Cause, f.err = err == nil, "", "", err
+	if err != nil {
 		f.Error = err.Error()
 	}
 	return finish(f)
+}
+
+// classifyAll sets the cause of every unsupported feature that has none.
+func classifyAll(fs []Feature, e env) {
+	for i := range fs {
+		f := &fs[i]
+		if f.Supported || f.Cause != "" {
+			continue
+		}
+		switch {
+		case f.Kind == KindSelfTest:
+			f.Cause = CauseSelfTestFailed
+		case f.err != nil:
+			classify(f, f.err, e)
+		default:
+			f.Cause = CauseProbeFailed
+		}
+		f.err = nil
+	}
 }

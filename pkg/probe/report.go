@@ -62,6 +62,13 @@ type Feature struct {
 	Detail string `json:"detail,omitempty"`
 	// Error says why the feature is reported unsupported.
 	Error string `json:"error,omitempty"`
+	// Cause classifies why an unsupported feature is off: old_kernel,
+	// kernel_config, lockdown, permission, not_mounted, probe_failed,
+	// selftest_failed or disabled. "needs Linux X" is only ever said for
+	// old_kernel.
+	Cause Cause `json:"cause,omitempty"`
+
+	err error // the check's error, classified into Cause by Run
 }
 
 // Report is the result of one probe run. Its JSON form (with the plan
@@ -153,15 +160,22 @@ func (p Plan) Lines() []string {
 }
 
 // Err returns nil when every essential feature is present, and otherwise
-// one line naming what is missing and the kernel release that has it, for
-// the agent to exit with instead of a verifier dump.
+// one line naming what is missing and why, for the agent to exit with
+// instead of a verifier dump. It says "sockbridge needs Linux X or later"
+// only when a missing feature's cause is the kernel's age.
 func (r *Report) Err() error {
 	missing := r.Missing()
 	if len(missing) == 0 {
 		return nil
 	}
 	msg := fmt.Sprintf("kernel %s cannot run the capture datapath: %s", r.KernelRelease, describe(missing))
-	if v := maxKernel(missing); v != "" {
+	var old []Feature
+	for _, f := range missing {
+		if f.Cause == CauseOldKernel {
+			old = append(old, f)
+		}
+	}
+	if v := maxKernel(old); v != "" && older(r.KernelRelease, v) {
 		msg += fmt.Sprintf("; sockbridge needs Linux %s or later", v)
 	}
 	return errors.New(msg)
@@ -178,6 +192,7 @@ func (r *Report) Without(names ...string) *Report {
 		if slices.Contains(names, out.Features[i].Name) {
 			out.Features[i].Supported = false
 			out.Features[i].Error = "turned off on request"
+			out.Features[i].Cause = CauseDisabled
 		}
 	}
 	return &out
@@ -193,14 +208,10 @@ func describe(missing []Feature) string {
 }
 
 func describeOne(f Feature) string {
-	switch {
-	case f.Kind == KindSelfTest:
+	if f.Kind == KindSelfTest && f.Cause != CauseDisabled {
 		return fmt.Sprintf("%s self-test failed: %s", strings.TrimPrefix(f.Name, "selftest/"), f.Error)
-	case f.Error == "":
-		return fmt.Sprintf("%s %s missing (Linux %s)", f.Name, kindLabel(f.Kind), f.MinKernel)
-	default:
-		return fmt.Sprintf("%s %s missing (Linux %s): %s", f.Name, kindLabel(f.Kind), f.MinKernel, f.Error)
 	}
+	return fmt.Sprintf("%s %s %s", f.Name, kindLabel(f.Kind), reason(f))
 }
 
 func kindLabel(k Kind) string {

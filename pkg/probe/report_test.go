@@ -2,12 +2,15 @@ package probe
 
 import (
 	"encoding/json"
-	"os"
+	"errors"
+	"fmt"
 	"reflect"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // allSupported is the report of a kernel that has everything, built from
@@ -40,15 +43,27 @@ func allSupported() *Report {
 	return r
 }
 
-// failed marks name unsupported with the error msg.
-func failed(r *Report, name, msg string) *Report {
-	out := r.Without(name)
+// failed marks name unsupported with the error msg, classified as the
+// probe would on r's kernel.
+func failed(r *Report, name string, err error) *Report {
+	out := *r
+	out.Features = slices.Clone(r.Features)
 	for i := range out.Features {
 		if out.Features[i].Name == name {
-			out.Features[i].Error = msg
+			out.Features[i] = result(out.Features[i], err)
 		}
 	}
-	return out
+	classifyAll(out.Features, env{release: out.KernelRelease})
+	return &out
+}
+
+// onKernel returns r as probed on release, with names not supported by it.
+func onKernel(r *Report, release string, names ...string) *Report {
+	r.KernelRelease = release
+	for _, name := range names {
+		r = failed(r, name, fmt.Errorf("detect %s: %w", name, ebpf.ErrNotSupported))
+	}
+	return r
 }
 
 func TestPlan(t *testing.T) {
@@ -63,35 +78,43 @@ func TestPlan(t *testing.T) {
 		name: "everything", report: allSupported(), capture: true, splice: true,
 	}, {
 		name:    "splice self-test failed",
-		report:  failed(allSupported(), "selftest/splice", "receiver's FIONREAD reports 0 bytes queued, 49275 were sent"),
+		report:  failed(allSupported(), "selftest/splice", errors.New("receiver's FIONREAD reports 0 bytes queued, 49275 were sent")),
 		capture: true,
 		reasons: []string{"splice: off because splice self-test failed: receiver's FIONREAD reports 0 bytes queued"},
 	}, {
-		name: "no sockhash", report: allSupported().Without("sockhash"), capture: true,
-		reasons: []string{"splice: off because sockhash map type missing (Linux 4.18)"},
+		name: "no sockhash", report: onKernel(allSupported(), "4.17.0", "sockhash"), capture: true,
+		reasons: []string{"splice: off because sockhash map type not supported by this kernel (needs Linux 4.18 or later)"},
+	}, {
+		name: "sockhash configured out", report: onKernel(allSupported(), "6.18.0", "sockhash"), capture: true,
+		reasons: []string{"splice: off because sockhash map type not available although this kernel is newer than Linux 4.18: disabled in the kernel config"},
 	}, {
 		name: "no sk_msg helper", report: allSupported().Without("bpf_msg_redirect_hash@sk_msg"), capture: true,
-		reasons: []string{"splice: off because bpf_msg_redirect_hash@sk_msg helper missing (Linux 4.18)"},
+		reasons: []string{"splice: off because bpf_msg_redirect_hash@sk_msg helper turned off on request"},
 	}, {
 		name: "informational feature missing", report: allSupported().Without("btf"), capture: true, splice: true,
 	}, {
 		name:          "no getpeername4",
-		report:        allSupported().Without("cgroup/getpeername4"),
-		reasons:       []string{"capture: off because cgroup/getpeername4 attach type missing (Linux 5.8)", "splice: off because capture is off"},
-		errSubstrings: []string{"cgroup/getpeername4 attach type missing", "needs Linux 5.8 or later"},
+		report:        onKernel(allSupported(), "5.4.0-1-amd64", "cgroup/getpeername4"),
+		reasons:       []string{"capture: off because cgroup/getpeername4 attach type not supported by this kernel (needs Linux 5.8 or later)", "splice: off because capture is off"},
+		errSubstrings: []string{"cgroup/getpeername4 attach type not supported", "sockbridge needs Linux 5.8 or later"},
+	}, {
+		name:          "getpeername4 refused on a new kernel",
+		report:        failed(allSupported(), "cgroup/getpeername4", fmt.Errorf("attach: %w", unix.EPERM)),
+		reasons:       []string{"capture: off because cgroup/getpeername4 attach type permission denied", "splice: off because capture is off"},
+		errSubstrings: []string{"cgroup/getpeername4 attach type permission denied"},
 	}, {
 		name:          "the newest floor wins",
-		report:        allSupported().Without("bpf_get_current_ancestor_cgroup_id@cgroup_sock_addr", "bpf_get_netns_cookie@sock_ops", "bpf_link/cgroup"),
+		report:        onKernel(allSupported(), "5.4.0", "bpf_get_current_ancestor_cgroup_id@cgroup_sock_addr", "bpf_get_netns_cookie@sock_ops", "bpf_link/cgroup"),
 		reasons:       []string{"capture: off because", "splice: off because capture is off"},
 		errSubstrings: []string{"bpf_get_current_ancestor_cgroup_id@cgroup_sock_addr", "bpf_get_netns_cookie@sock_ops", "bpf_link/cgroup", "needs Linux 5.15 or later"},
 	}, {
 		name:          "cgroup v1 only host",
-		report:        failed(allSupported(), "cgroup2", "no cgroup v2 hierarchy mounted (cgroup v1 only hosts are unsupported)"),
-		reasons:       []string{"capture: off because cgroup2 kernel feature missing (Linux 4.5): no cgroup v2 hierarchy mounted", "splice: off"},
+		report:        failed(allSupported(), "cgroup2", errors.New("no cgroup v2 hierarchy mounted (cgroup v1 only hosts are unsupported)")),
+		reasons:       []string{"capture: off because cgroup2 kernel feature probe failed: no cgroup v2 hierarchy mounted", "splice: off"},
 		errSubstrings: []string{"cgroup v1 only hosts are unsupported"},
 	}, {
 		name:          "connect4 self-test failed",
-		report:        failed(allSupported(), "selftest/connect4", "getpeername returned 127.0.0.1:47002, not the dialled 127.0.0.1:47001"),
+		report:        failed(allSupported(), "selftest/connect4", errors.New("getpeername returned 127.0.0.1:47002, not the dialled 127.0.0.1:47001")),
 		reasons:       []string{"capture: off because connect4 self-test failed: getpeername returned", "splice: off"},
 		errSubstrings: []string{"connect4 self-test failed: getpeername returned 127.0.0.1:47002"},
 	}}
@@ -137,8 +160,8 @@ func TestPlanLines(t *testing.T) {
 		want   []string
 	}{
 		{allSupported(), []string{"capture: on", "splice: on"}},
-		{allSupported().Without("sk_msg"), []string{"capture: on", "splice: off because sk_msg program type missing (Linux 4.17): turned off on request"}},
-		{allSupported().Without("sock_ops"), []string{"capture: off because sock_ops program type missing (Linux 4.13): turned off on request", "splice: off because capture is off"}},
+		{allSupported().Without("sk_msg"), []string{"capture: on", "splice: off because sk_msg program type turned off on request"}},
+		{allSupported().Without("sock_ops"), []string{"capture: off because sock_ops program type turned off on request", "splice: off because capture is off"}},
 	}
 	for _, tt := range tests {
 		if got := tt.report.Plan().Lines(); !slices.Equal(got, tt.want) {
@@ -179,7 +202,7 @@ func TestWithoutCopies(t *testing.T) {
 }
 
 func TestJSONRoundTrip(t *testing.T) {
-	r := failed(allSupported(), "selftest/splice", "stalled")
+	r := failed(allSupported(), "selftest/splice", errors.New("stalled"))
 	doc, err := json.Marshal(r)
 	if err != nil {
 		t.Fatal(err)
@@ -232,32 +255,50 @@ func TestFeatureTable(t *testing.T) {
 	}
 }
 
-// Every helper the capture programs call is probed for its program type,
-// so that a helper added to bpf/*.c without a probe fails here.
-func TestTableCoversDatapathHelpers(t *testing.T) {
-	byFile := map[string]string{"connect.c": "cgroup_sock_addr", "sockops.c": "sock_ops", "sockopt.c": "cgroup_sockopt", "skmsg.c": "sk_msg"}
-	probed := map[string]bool{}
-	for _, h := range helpers() {
-		probed[h.name+"@"+h.prog.name] = true
+// The helper checks are exactly the helpers the compiled datapath calls,
+// per program type and with what they are needed for: a helper the C starts
+// calling is probed without a change here, and one it stops calling is no
+// longer probed (bpf_get_socket_cookie@sock_ops was, with no caller).
+func TestHelpersComeFromTheObject(t *testing.T) {
+	want := map[string]Need{
+		"bpf_map_lookup_elem@cgroup_sock_addr":                NeedCapture,
+		"bpf_map_update_elem@cgroup_sock_addr":                NeedCapture,
+		"bpf_get_current_uid_gid@cgroup_sock_addr":            NeedCapture,
+		"bpf_bind@cgroup_sock_addr":                           NeedCapture,
+		"bpf_get_current_ancestor_cgroup_id@cgroup_sock_addr": NeedCapture,
+		"bpf_get_current_cgroup_id@cgroup_sock_addr":          NeedCapture,
+		"bpf_sk_storage_get@cgroup_sock_addr":                 NeedCapture,
+		"bpf_map_lookup_elem@sock_ops":                        NeedCapture,
+		"bpf_map_update_elem@sock_ops":                        NeedCapture,
+		"bpf_map_delete_elem@sock_ops":                        NeedCapture,
+		"bpf_sk_storage_get@sock_ops":                         NeedCapture,
+		"bpf_get_netns_cookie@sock_ops":                       NeedCapture,
+		"bpf_sock_ops_cb_flags_set@sock_ops":                  NeedCapture,
+		"bpf_sock_hash_update@sock_ops":                       NeedSplice,
+		"bpf_map_lookup_elem@cgroup_sockopt":                  NeedCapture,
+		"bpf_sk_storage_get@cgroup_sockopt":                   NeedCapture,
+		"bpf_get_netns_cookie@cgroup_sockopt":                 NeedCapture,
+		"bpf_msg_redirect_hash@sk_msg":                        NeedSplice,
+		"bpf_map_lookup_elem@sk_msg":                          NeedSplice,
+		"bpf_get_netns_cookie@sk_msg":                         NeedSplice,
 	}
-	call := regexp.MustCompile(`\b(bpf_[a-z0-9_]+)\(`)
-	for file, prog := range byFile {
-		src, err := os.ReadFile("../../bpf/" + file)
-		if err != nil {
-			t.Fatal(err)
+	list, err := datapathHelpers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]Need{}
+	for _, h := range list {
+		got[h.name+"@"+h.prog.name] = h.need
+		if _, ok := parseKernel(h.minKernel); !ok {
+			t.Errorf("%s@%s: release %q", h.name, h.prog.name, h.minKernel)
 		}
-		lib, err := os.ReadFile("../../bpf/lib/sockbridge.h")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range call.FindAllStringSubmatch(string(src)+string(lib), -1) {
-			name := m[1]
-			if strings.HasPrefix(name, "bpf_hton") || strings.HasPrefix(name, "bpf_ntoh") {
-				continue // byte-order macros
-			}
-			if !probed[name+"@"+prog] {
-				t.Errorf("bpf/%s calls %s, which the probe does not check for %s", file, name, prog)
-			}
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("helpers from the object:\n%v\nwant\n%v", got, want)
+	}
+	for key := range helperReleases {
+		if _, ok := got[key]; !ok {
+			t.Errorf("helperReleases has %s, which no datapath program calls", key)
 		}
 	}
 }

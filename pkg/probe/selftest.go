@@ -14,6 +14,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/sockbridge/sockbridge/pkg/datapath"
 )
 
 // Values shared by the self-test programs and their helper processes. The
@@ -161,10 +163,8 @@ func (t selfTest) load() (*ebpf.Collection, error) {
 		probeVarSockoptOptname:  uint32(sockoptOptname),
 		probeVarSockoptAnswer:   uint32(sockoptAnswer),
 	}
-	for name, v := range consts {
-		if err := spec.Variables[name].Set(v); err != nil {
-			return nil, fmt.Errorf("set constant %s: %w", name, err)
-		}
+	if err := datapath.SetVariables(spec, consts); err != nil {
+		return nil, err
 	}
 	for name := range spec.Programs {
 		if !t.uses(name) {

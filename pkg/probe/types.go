@@ -1,9 +1,16 @@
 package probe
 
 import (
+	"fmt"
+	"slices"
+	"strings"
+	"unicode"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
+
+	"github.com/sockbridge/sockbridge/pkg/datapath"
 )
 
 // The kernel releases below are the upstream ones that introduced each
@@ -57,37 +64,113 @@ type helper struct {
 	need      Need
 }
 
-// helpers lists each helper the datapath's C calls, per program type
-// (bpf/connect.c, bpf/sockops.c, bpf/sockopt.c, and the splice programs).
+// helperReleases is the upstream release that let each program type call
+// each helper, for the docs and for telling an old kernel from a configured
+// one. It is the only hand-kept part of the helper checks: which helpers
+// are checked comes from the datapath object itself (datapathHelpers).
+var helperReleases = map[string]string{
+	"bpf_map_lookup_elem@cgroup_sock_addr":                "4.17",
+	"bpf_map_update_elem@cgroup_sock_addr":                "4.17",
+	"bpf_get_current_uid_gid@cgroup_sock_addr":            "4.17",
+	"bpf_bind@cgroup_sock_addr":                           "4.17",
+	"bpf_get_current_ancestor_cgroup_id@cgroup_sock_addr": "5.7",
+	"bpf_get_current_cgroup_id@cgroup_sock_addr":          "4.18",
+	"bpf_sk_storage_get@cgroup_sock_addr":                 "5.11",
+	"bpf_map_lookup_elem@sock_ops":                        "4.13",
+	"bpf_map_update_elem@sock_ops":                        "4.13",
+	"bpf_map_delete_elem@sock_ops":                        "4.13",
+	"bpf_sk_storage_get@sock_ops":                         "5.3",
+	"bpf_get_netns_cookie@sock_ops":                       "5.15",
+	"bpf_sock_ops_cb_flags_set@sock_ops":                  "4.16",
+	"bpf_sock_hash_update@sock_ops":                       "4.18",
+	"bpf_map_lookup_elem@cgroup_sockopt":                  "5.3",
+	"bpf_sk_storage_get@cgroup_sockopt":                   "5.3",
+	"bpf_get_netns_cookie@cgroup_sockopt":                 "5.8",
+	"bpf_msg_redirect_hash@sk_msg":                        "4.18",
+	"bpf_map_lookup_elem@sk_msg":                          "4.17",
+	"bpf_get_netns_cookie@sk_msg":                         "5.15",
+}
+
+// helpers lists each helper the datapath's programs call, per program
+// type, read from the compiled datapath object: a helper is needed for
+// capture when a program the capture plan loads calls it, and for splicing
+// when only the splice programs do.
 func helpers() []helper {
-	types := progTypes()
-	sockAddr, sockOps, sockopt, skMsg := types[0], types[1], types[2], types[3]
-	return []helper{
-		{"bpf_map_lookup_elem", asm.FnMapLookupElem, sockAddr, "4.17", NeedCapture},
-		{"bpf_get_current_uid_gid", asm.FnGetCurrentUidGid, sockAddr, "4.17", NeedCapture},
-		{"bpf_bind", asm.FnBind, sockAddr, "4.17", NeedCapture},
-		{"bpf_get_current_ancestor_cgroup_id", asm.FnGetCurrentAncestorCgroupId, sockAddr, "5.7", NeedCapture},
-		{"bpf_get_current_cgroup_id", asm.FnGetCurrentCgroupId, sockAddr, "4.18", NeedCapture},
-		{"bpf_map_update_elem", asm.FnMapUpdateElem, sockAddr, "4.17", NeedCapture},
-		{"bpf_sk_storage_get", asm.FnSkStorageGet, sockAddr, "5.11", NeedCapture},
-
-		{"bpf_map_lookup_elem", asm.FnMapLookupElem, sockOps, "4.13", NeedCapture},
-		{"bpf_map_update_elem", asm.FnMapUpdateElem, sockOps, "4.13", NeedCapture},
-		{"bpf_map_delete_elem", asm.FnMapDeleteElem, sockOps, "4.13", NeedCapture},
-		{"bpf_sk_storage_get", asm.FnSkStorageGet, sockOps, "5.3", NeedCapture},
-		{"bpf_get_netns_cookie", asm.FnGetNetnsCookie, sockOps, "5.15", NeedCapture},
-		{"bpf_sock_ops_cb_flags_set", asm.FnSockOpsCbFlagsSet, sockOps, "4.16", NeedCapture},
-		{"bpf_sock_hash_update", asm.FnSockHashUpdate, sockOps, "4.18", NeedSplice},
-		{"bpf_get_socket_cookie", asm.FnGetSocketCookie, sockOps, "4.19", NeedSplice},
-
-		{"bpf_map_lookup_elem", asm.FnMapLookupElem, sockopt, "5.3", NeedCapture},
-		{"bpf_sk_storage_get", asm.FnSkStorageGet, sockopt, "5.3", NeedCapture},
-		{"bpf_get_netns_cookie", asm.FnGetNetnsCookie, sockopt, "5.8", NeedCapture},
-
-		{"bpf_msg_redirect_hash", asm.FnMsgRedirectHash, skMsg, "4.18", NeedSplice},
-		{"bpf_map_lookup_elem", asm.FnMapLookupElem, skMsg, "4.17", NeedSplice},
-		{"bpf_get_netns_cookie", asm.FnGetNetnsCookie, skMsg, "5.15", NeedSplice},
+	list, err := datapathHelpers()
+	if err != nil {
+		panic(err) // the embedded object always parses; a test covers it
 	}
+	return list
+}
+
+func datapathHelpers() ([]helper, error) {
+	spec, err := datapath.Spec()
+	if err != nil {
+		return nil, err
+	}
+	types := map[ebpf.ProgramType]progType{}
+	for _, p := range progTypes() {
+		types[p.typ] = p
+	}
+	splice := datapath.SpliceOnlyPrograms()
+	byName := map[string]*helper{}
+	var order []string
+	names := make([]string, 0, len(spec.Programs))
+	for name := range spec.Programs {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		p := spec.Programs[name]
+		pt, ok := types[p.Type]
+		if !ok {
+			return nil, fmt.Errorf("datapath program %s has type %s, which the probe does not check", name, p.Type)
+		}
+		need := NeedCapture
+		if slices.Contains(splice, name) {
+			need = NeedSplice
+		}
+		for _, ins := range p.Instructions {
+			if !ins.IsBuiltinCall() {
+				continue
+			}
+			fn := asm.BuiltinFunc(ins.Constant)
+			h := helper{name: helperName(fn), fn: fn, prog: pt, need: need}
+			key := h.name + "@" + pt.name
+			if have, ok := byName[key]; ok {
+				if need == NeedCapture {
+					have.need = NeedCapture
+				}
+				continue
+			}
+			h.minKernel = helperReleases[key]
+			if h.minKernel == "" {
+				return nil, fmt.Errorf("helper %s: no release in helperReleases", key)
+			}
+			byName[key] = &h
+			order = append(order, key)
+		}
+	}
+	out := make([]helper, 0, len(order))
+	for _, key := range order {
+		out = append(out, *byName[key])
+	}
+	return out, nil
+}
+
+// helperName turns asm.FnMapLookupElem into "bpf_map_lookup_elem".
+func helperName(fn asm.BuiltinFunc) string {
+	s := strings.TrimPrefix(fn.String(), "Fn")
+	var b strings.Builder
+	b.WriteString("bpf")
+	for _, r := range s {
+		if unicode.IsUpper(r) {
+			b.WriteByte('_')
+			r = unicode.ToLower(r)
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // probeTypes checks program types, map types and helpers with

@@ -151,14 +151,14 @@ func (d *demo) run() {
 	step("4. The app in pod app dials web %s:8080", webIP)
 	r := d.roundtrip(testutil.ProcSpec{Netns: app.ns, Cgroup: app.app}, sbpeer, netip.AddrPortFrom(webIP, 8080).String())
 	fmt.Printf("app:      getpeername() = %s (what it dialled), source %s\n", r.Getpeername, r.Getsockname)
-	fmt.Printf("sidecar:  %s\n", last(app.sidecar.LogLines("outbound")))
+	fmt.Printf("sidecar:  %s\n", last(app.sidecar.WaitLogLines("outbound", 1)))
 	fmt.Printf("web:      saw the connection from %s (the pod IP, as with iptables REDIRECT)\n", r.ServerSawPeer)
 	fmt.Printf("payload:  %d bytes round-tripped intact=%v\n", r.Bytes, r.Intact)
 
 	step("5. The app dials pod api %s:9090 on the same node", apiIP)
 	r = d.roundtrip(testutil.ProcSpec{Netns: app.ns, Cgroup: app.app}, sbpeer, netip.AddrPortFrom(apiIP, 9090).String())
-	fmt.Printf("app's sidecar:  %s\n", last(app.sidecar.LogLines("outbound")))
-	fmt.Printf("api's sidecar:  %s (short-cut straight to its inbound port 15006)\n", last(api.sidecar.LogLines("inbound")))
+	fmt.Printf("app's sidecar:  %s\n", last(app.sidecar.WaitLogLines("outbound", 2)))
+	fmt.Printf("api's sidecar:  %s (short-cut straight to its inbound port 15006)\n", last(api.sidecar.WaitLogLines("inbound", 1)))
 	fmt.Printf("api's app:      saw the connection from %s (the sidecar's inbound passthrough)\n", r.ServerSawPeer)
 	fmt.Printf("payload:        intact=%v\n", r.Intact)
 
@@ -173,6 +173,9 @@ func (d *demo) run() {
 	}
 	if !r.Intact {
 		d.Fatalf("a payload did not arrive intact")
+	}
+	if n, m := len(app.sidecar.LogLines("outbound")), len(api.sidecar.LogLines("inbound")); n != 2 || m != 1 {
+		d.Fatalf("the sidecars logged %d outbound and %d inbound connections, want 2 and 1", n, m)
 	}
 	fmt.Println("\ndemo ok: both requests went through the sidecars with the original destination preserved")
 }

@@ -36,7 +36,7 @@ func TestAgentRestartAndUninstall(t *testing.T) {
 		if !r.Intact {
 			t.Fatalf("round trip failed: %+v", r)
 		}
-		if got := len(a.sidecar.LogLines("outbound")); got != want {
+		if got := len(a.sidecar.WaitLogLines("outbound", want)); got != want {
 			t.Fatalf("sidecar has seen %d captured connections, want %d", got, want)
 		}
 	}
@@ -89,10 +89,18 @@ func TestAgentRestartAndUninstall(t *testing.T) {
 	if left := attachedPrograms(t, e.cgroup); len(left) != 0 {
 		t.Errorf("programs still attached after uninstall: %v", left)
 	}
+	// A program's id goes when its last reference does; the maps it used
+	// are released after an RCU grace period, so they may outlive it by a
+	// moment. Everything must be gone within seconds.
 	for _, id := range append(progIDs(progs), mapIDs...) {
 		kind, num, _ := strings.Cut(id, " ")
-		if err := exec.Command("bpftool", kind, "show", "id", num).Run(); err == nil {
-			t.Errorf("bpftool %s show id %s: still exists after uninstall", kind, num)
+		deadline := time.Now().Add(5 * time.Second)
+		for exec.Command("bpftool", kind, "show", "id", num).Run() == nil {
+			if time.Now().After(deadline) {
+				t.Errorf("bpftool %s show id %s: still exists 5 s after uninstall", kind, num)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	if _, err := os.Stat(e.pinDir); !os.IsNotExist(err) {

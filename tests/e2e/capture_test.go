@@ -37,7 +37,7 @@ func TestOutboundCaptureThroughSidecar(t *testing.T) {
 	if got := hostOf(r.Getsockname); got != podAIP.String() {
 		t.Errorf("app's getsockname() = %s, want source %s", r.Getsockname, podAIP)
 	}
-	lines := a.sidecar.LogLines("outbound")
+	lines := a.sidecar.WaitLogLines("outbound", 1)
 	if len(lines) != 1 {
 		t.Fatalf("sidecar logged %d outbound connections, want 1 (a second one would be its own upstream captured):\n%s",
 			len(lines), a.sidecar.Output())
@@ -135,7 +135,7 @@ func TestSockoptsUnchanged(t *testing.T) {
 	if captured.Getpeername != serverAddr() || plain.Getpeername != serverAddr() {
 		t.Errorf("getpeername: captured %s, plain %s, want %s", captured.Getpeername, plain.Getpeername, serverAddr())
 	}
-	if len(a.sidecar.LogLines("outbound")) != 1 {
+	if len(a.sidecar.WaitLogLines("outbound", 1)) != 1 {
 		t.Fatalf("the app's connection was not captured:\n%s", a.sidecar.Output())
 	}
 	if len(plain.Opts) == 0 {
@@ -165,7 +165,7 @@ func TestCaptureFollowsPodMapWithoutRestart(t *testing.T) {
 		if r.OK != 20 {
 			t.Fatalf("connections failed: %+v", r)
 		}
-		if got := len(a.sidecar.LogLines("outbound")); got != want {
+		if got := len(a.sidecar.WaitLogLines("outbound", want)); got != want {
 			t.Fatalf("sidecar has seen %d connections, want %d", got, want)
 		}
 	}

@@ -60,12 +60,22 @@ func TestOutboundPolicy(t *testing.T) {
 				t.Errorf("map holds %+v\nwant %+v", pods[0], want)
 			}
 			for addr, wantCaptured := range tc.captured {
-				before := len(a.sidecar.LogLines("outbound"))
+				// The datapath's counter says whether connect4 redirected
+				// the connection; the sidecar's log, which reaches the
+				// test a little later, that it really went through it.
+				before, capturedBefore := len(a.sidecar.LogLines("outbound")), e.stats()["captured"]
 				var r roundtripResult
 				a.run(t, &r, "roundtrip", "-addr", addr, "-bytes", "1024")
-				got := len(a.sidecar.LogLines("outbound")) > before
+				got := e.stats()["captured"] > capturedBefore
 				if !r.Intact || got != wantCaptured {
 					t.Errorf("%s: captured=%v intact=%v, want captured=%v", addr, got, r.Intact, wantCaptured)
+				}
+				want := before
+				if wantCaptured {
+					want++
+				}
+				if n := len(a.sidecar.WaitLogLines("outbound", want)); n != want {
+					t.Errorf("%s: the sidecar logged %d new connections, want %d", addr, n-before, want-before)
 				}
 			}
 		})
@@ -120,10 +130,17 @@ func TestInboundPolicyShortcut(t *testing.T) {
 				t.Fatal(err)
 			}
 			for addr, wantVia := range tc.via {
-				before := len(b.sidecar.LogLines("inbound"))
+				before, shortcutBefore := len(b.sidecar.LogLines("inbound")), e.stats()["shortcut"]
 				var r roundtripResult
 				a.run(t, &r, "roundtrip", "-addr", addr, "-bytes", "1024")
-				via := len(b.sidecar.LogLines("inbound")) > before
+				via := e.stats()["shortcut"] > shortcutBefore
+				want := before
+				if wantVia {
+					want++
+				}
+				if n := len(b.sidecar.WaitLogLines("inbound", want)); n != want {
+					t.Errorf("%s: B's sidecar logged %d new inbound connections, want %d", addr, n-before, want-before)
+				}
 				if !r.Intact || via != wantVia {
 					t.Errorf("%s: through B's sidecar=%v intact=%v, want %v", addr, via, r.Intact, wantVia)
 				}

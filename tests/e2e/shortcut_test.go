@@ -33,11 +33,11 @@ func TestSameNodeShortcutAndPassthrough(t *testing.T) {
 	if hostOf(r.ServerSawPeer) != "127.0.0.6" {
 		t.Errorf("B's app saw %s, want a connection from 127.0.0.6 (Envoy-style inbound passthrough)", r.ServerSawPeer)
 	}
-	out := a.sidecar.LogLines("outbound")
+	out := a.sidecar.WaitLogLines("outbound", 1)
 	if len(out) != 1 || !strings.Contains(out[0], "orig_dst="+bAddr) {
 		t.Errorf("A's sidecar outbound log %q, want one connection with orig_dst=%s", out, bAddr)
 	}
-	in := b.sidecar.LogLines("inbound")
+	in := b.sidecar.WaitLogLines("inbound", 1)
 	if len(in) != 1 || !strings.Contains(in[0], "orig_dst="+bAddr) || !strings.Contains(in[0], "client="+podAIP.String()+":") {
 		t.Errorf("B's sidecar inbound log %q, want one connection from %s with orig_dst=%s\n%s", in, podAIP, bAddr, b.sidecar.Output())
 	}
