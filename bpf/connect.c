@@ -19,7 +19,7 @@ static __always_inline __u64 walk_to_pod(void)
 	__u64 id;
 	int level;
 
-	sb_count(SB_STAT_CGROUP_WALK);
+	sb_count(SB_STAT_CGROUP_WALKS);
 	for (level = 1; level <= SB_MAX_CGROUP_LEVEL; level++) {
 		id = bpf_get_current_ancestor_cgroup_id(level);
 		if (!id)

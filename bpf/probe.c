@@ -84,7 +84,7 @@ int connect4_rewrite(struct bpf_sock_addr *ctx)
 
 /* Answers getpeername() on the rewritten connection with the dialled port. */
 SEC("cgroup/getpeername4")
-int getpeername4_restore(struct bpf_sock_addr *ctx)
+int getpeername4_answer(struct bpf_sock_addr *ctx)
 {
 	if (ctx->user_ip4 != bpf_htonl(SBP_LOCALHOST_IP))
 		return 1;

@@ -21,6 +21,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/sockbridge/sockbridge/pkg/bpffs"
+	"github.com/sockbridge/sockbridge/pkg/bpfobj"
 	"github.com/sockbridge/sockbridge/pkg/cgroups"
 	"github.com/sockbridge/sockbridge/pkg/policy"
 )
@@ -126,9 +127,9 @@ func SpliceOnlyPrograms() []string {
 	return []string{datapathProgSockopsSplice, datapathProgSkmsgSplice}
 }
 
-// programsFor returns the program for each hook under cfg, and the programs
-// the plan does not use, which are dropped from the spec before loading.
-func programsFor(cfg Config) (attach map[string]string, drop []string) {
+// programsFor returns the program for each hook under cfg, and every
+// program the plan loads; the others are dropped from the spec.
+func programsFor(cfg Config) (attach map[string]string, keep []string) {
 	attach = map[string]string{
 		"sockops":      datapathProgSockopsTrack,
 		"getsockopt":   datapathProgGetsockoptOrigdst,
@@ -137,11 +138,12 @@ func programsFor(cfg Config) (attach map[string]string, drop []string) {
 	}
 	if cfg.Splice {
 		attach["sockops"] = datapathProgSockopsSplice
-		drop = []string{datapathProgSockopsTrack}
-	} else {
-		drop = []string{datapathProgSockopsSplice, datapathProgSkmsgSplice}
+		keep = append(keep, datapathProgSkmsgSplice)
 	}
-	return attach, drop
+	for _, h := range hooks {
+		keep = append(keep, attach[h.name])
+	}
+	return attach, keep
 }
 
 // Datapath is a loaded, attached datapath. Close releases the agent's file
@@ -151,6 +153,8 @@ type Datapath struct {
 	maps  datapathMaps // nil fields: maps the plan left out (sb_sockhash without splicing)
 	coll  *ebpf.Collection
 	links map[string]link.Link
+	// counters names sb_stats' slots after enum sb_stat.
+	counters *bpfobj.Counters
 
 	mu    sync.Mutex
 	rules map[uint64]*podRules // what each pod owns in the rule maps; nil until first read
@@ -190,9 +194,12 @@ func Load(cfg Config) (_ *Datapath, err error) {
 		}
 	}()
 
-	attachProgs, drop := programsFor(cfg)
-	spec, err := dp.spec(drop)
+	attachProgs, keep := programsFor(cfg)
+	spec, err := dp.spec(keep)
 	if err != nil {
+		return nil, err
+	}
+	if dp.counters, err = bpfobj.CountersOf(spec, "sb_stat", "SB_STAT_"); err != nil {
 		return nil, err
 	}
 	dp.coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}})
@@ -215,34 +222,18 @@ func Load(cfg Config) (_ *Datapath, err error) {
 	return dp, nil
 }
 
-// spec returns the datapath's spec with the config set, the programs in drop
-// removed, and the maps that no remaining program uses removed with them.
-func (dp *Datapath) spec(drop []string) (*ebpf.CollectionSpec, error) {
+// spec returns the datapath's spec with the config set and only the
+// programs in keep, and the maps they use.
+func (dp *Datapath) spec(keep []string) (*ebpf.CollectionSpec, error) {
 	spec, err := loadDatapath()
 	if err != nil {
 		return nil, fmt.Errorf("load datapath spec: %w", err)
 	}
-	if err := SetVariables(spec, map[string]any{datapathVarSbCfg: dp.cfg.config()}); err != nil {
+	if err := bpfobj.SetVariables(spec, map[string]any{datapathVarSbCfg: dp.cfg.config()}); err != nil {
 		return nil, err
 	}
-	for _, name := range drop {
-		if _, ok := spec.Programs[name]; !ok {
-			return nil, fmt.Errorf("drop program %s: not in the datapath object", name)
-		}
-		delete(spec.Programs, name)
-	}
-	used := map[string]bool{}
-	for _, p := range spec.Programs {
-		for _, ins := range p.Instructions {
-			if ref := ins.Reference(); ref != "" && ins.IsLoadFromMap() {
-				used[ref] = true
-			}
-		}
-	}
-	for name := range spec.Maps {
-		if !used[name] {
-			delete(spec.Maps, name)
-		}
+	if err := bpfobj.Keep(spec, keep); err != nil {
+		return nil, err
 	}
 	return spec, nil
 }
@@ -318,32 +309,13 @@ func (dp *Datapath) setSplice(prog *ebpf.Program) error {
 	return nil
 }
 
-// SetVariables sets const volatile globals of a spec before it loads; a name
-// the object does not have is an error, never a silent no-op.
-func SetVariables(spec *ebpf.CollectionSpec, vars map[string]any) error {
-	for name, v := range vars {
-		vs, ok := spec.Variables[name]
-		if !ok {
-			return fmt.Errorf("set variable %s: not in the BPF object", name)
-		}
-		if err := vs.Set(v); err != nil {
-			return fmt.Errorf("set variable %s: %w", name, err)
-		}
-	}
-	return nil
-}
-
 // describeLoadError prints a verifier error in full and explains a pinned
 // map that no longer matches this version's definition.
 func describeLoadError(err error, pinDir string) error {
-	var ve *ebpf.VerifierError
-	if errors.As(err, &ve) {
-		return fmt.Errorf("load BPF programs: %+v", ve)
-	}
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		return fmt.Errorf("load BPF programs: a map pinned in %s by another sockbridge version is incompatible (run `sockbridge uninstall` first): %w", pinDir, err)
+		return fmt.Errorf("load the datapath: a map pinned in %s by another sockbridge version is incompatible (run `sockbridge uninstall` first): %w", pinDir, err)
 	}
-	return fmt.Errorf("load BPF programs: %w", err)
+	return bpfobj.LoadError("the datapath", err)
 }
 
 // attach adopts the link pinned for h when it is attached to the same

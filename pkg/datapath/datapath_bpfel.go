@@ -120,7 +120,7 @@ const (
 	datapathSbStatSB_STAT_SPLICE_ADD_FAILED datapathSbStat = 9
 	datapathSbStatSB_STAT_SPLICE_REDIRECTED datapathSbStat = 10
 	datapathSbStatSB_STAT_SPLICE_PASSED     datapathSbStat = 11
-	datapathSbStatSB_STAT_CGROUP_WALK       datapathSbStat = 12
+	datapathSbStatSB_STAT_CGROUP_WALKS      datapathSbStat = 12
 	datapathSbStatSB_STAT_MAX               datapathSbStat = 13
 )
 

@@ -8,15 +8,17 @@ import (
 	"slices"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/sockbridge/sockbridge/pkg/bpfobj"
 )
 
 // Snapshot is what the pinned maps hold, for `sockbridge maps`. A part that
 // cannot be read is left empty and named in Unavailable with the reason;
 // the rest is still there.
 type Snapshot struct {
-	Pods     []Pod             `json:"pods"`
-	Stats    map[string]uint64 `json:"stats"`
-	InFlight int               `json:"in_flight_handshakes"`
+	Pods     []Pod         `json:"pods"`
+	Stats    bpfobj.Values `json:"stats"`
+	InFlight int           `json:"in_flight_handshakes"`
 	// Spliced counts the sockets in the sockhash (two per spliced flow).
 	Spliced int `json:"spliced_sockets"`
 	// Flows lists the sockets that carry sockbridge state.
@@ -71,6 +73,9 @@ func ReadPinned(pinDir string) (*Snapshot, error) {
 	}
 	var dp Datapath
 	assignMaps(opened, &dp.maps)
+	if dp.counters, err = bpfobj.CountersOf(spec, "sb_stat", "SB_STAT_"); err != nil {
+		return nil, err
+	}
 	part := func(name string, read func() error, need ...*ebpf.Map) {
 		if slices.Contains(need, nil) {
 			s.Unavailable[name] = "a map it is read from is not pinned (see the map entries)"

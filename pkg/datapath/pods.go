@@ -9,6 +9,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/sockbridge/sockbridge/pkg/bpfobj"
+
 	"github.com/sockbridge/sockbridge/pkg/policy"
 )
 
@@ -459,44 +461,17 @@ func (dp *Datapath) SplicedSockets() (int, error) {
 	return n, nil
 }
 
-// Stats returns the datapath counters summed over CPUs, by name.
-func (dp *Datapath) Stats() (map[string]uint64, error) {
-	return readStats(dp.maps.SbStats)
-}
-
-// statNames names the counters of enum sb_stat.
-var statNames = map[datapathSbStat]string{
-	datapathSbStatSB_STAT_CAPTURED:          "captured",
-	datapathSbStatSB_STAT_SHORTCUT:          "shortcut",
-	datapathSbStatSB_STAT_BIND_FAILED:       "bind_failed",
-	datapathSbStatSB_STAT_STORAGE_FAILED:    "storage_failed",
-	datapathSbStatSB_STAT_TUPLE_FAILED:      "tuple_failed",
-	datapathSbStatSB_STAT_ORIGDST_ANSWERED:  "origdst_answered",
-	datapathSbStatSB_STAT_ORIGDST_UNKNOWN:   "origdst_unknown",
-	datapathSbStatSB_STAT_PEERNAME_RESTORED: "peername_restored",
-	datapathSbStatSB_STAT_SPLICE_ADDED:      "splice_added",
-	datapathSbStatSB_STAT_SPLICE_ADD_FAILED: "splice_add_failed",
-	datapathSbStatSB_STAT_SPLICE_REDIRECTED: "splice_redirected",
-	datapathSbStatSB_STAT_SPLICE_PASSED:     "splice_passed",
-	datapathSbStatSB_STAT_CGROUP_WALK:       "cgroup_walks",
-}
-
-func readStats(m *ebpf.Map) (map[string]uint64, error) {
-	out := make(map[string]uint64, len(statNames))
-	for i := datapathSbStat(0); i < datapathSbStatSB_STAT_MAX; i++ {
-		var perCPU []uint64
-		if err := m.Lookup(uint32(i), &perCPU); err != nil {
-			return nil, fmt.Errorf("read counter %d: %w", i, err)
+// Stats returns the datapath counters summed over CPUs, named after enum
+// sb_stat ("captured" for SB_STAT_CAPTURED); every counter is present.
+func (dp *Datapath) Stats() (bpfobj.Values, error) {
+	if dp.counters == nil {
+		spec, err := loadDatapath()
+		if err != nil {
+			return nil, fmt.Errorf("load datapath spec: %w", err)
 		}
-		var sum uint64
-		for _, v := range perCPU {
-			sum += v
+		if dp.counters, err = bpfobj.CountersOf(spec, "sb_stat", "SB_STAT_"); err != nil {
+			return nil, err
 		}
-		name, ok := statNames[i]
-		if !ok {
-			name = fmt.Sprintf("stat_%d", i)
-		}
-		out[name] = sum
 	}
-	return out, nil
+	return dp.counters.Read(dp.maps.SbStats)
 }

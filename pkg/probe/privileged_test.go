@@ -233,7 +233,7 @@ func checkNothingLeft(t *testing.T, parent string, before state) {
 // too; the poll in checkNothingLeft outlasts such a run.
 func leftoverObjects(t *testing.T) []string {
 	t.Helper()
-	spec, err := loadProbe()
+	spec, err := loadProbeSpec()
 	if err != nil {
 		t.Fatal(err)
 	}

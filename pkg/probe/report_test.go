@@ -11,6 +11,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/sockbridge/sockbridge/pkg/bpfobj"
 )
 
 // allSupported is the report of a kernel that has everything, built from
@@ -300,5 +302,58 @@ func TestHelpersComeFromTheObject(t *testing.T) {
 		if _, ok := got[key]; !ok {
 			t.Errorf("helperReleases has %s, which no datapath program calls", key)
 		}
+	}
+}
+
+// The names the probe uses are the object's, exactly.
+func TestObjectNames(t *testing.T) {
+	spec, err := loadProbeSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var progs, maps, vars []string
+	for name := range spec.Programs {
+		progs = append(progs, name)
+	}
+	for name := range spec.Maps {
+		if !strings.HasPrefix(name, ".") {
+			maps = append(maps, name)
+		}
+	}
+	for name := range spec.Variables {
+		vars = append(vars, name)
+	}
+	for _, l := range [][]string{progs, maps, vars} {
+		slices.Sort(l)
+	}
+	wantProgs := []string{progConnect4Rewrite, progGetpeername4Answer, progGetsockoptAnswer, progSkmsgRedirect, progSockopsInsert}
+	wantMaps := []string{mapStats, mapSocks}
+	wantVars := []string{varConnectFromPort, varConnectToPort, varSockoptAnswer, varSockoptOptname}
+	for _, l := range [][]string{wantProgs, wantMaps, wantVars} {
+		slices.Sort(l)
+	}
+	if !slices.Equal(progs, wantProgs) || !slices.Equal(maps, wantMaps) || !slices.Equal(vars, wantVars) {
+		t.Errorf("object has programs %v maps %v variables %v;\nprobe uses %v %v %v", progs, maps, vars, wantProgs, wantMaps, wantVars)
+	}
+	// Every self-test's check names real counters: a misspelt one panics.
+	counters, err := bpfobj.CountersOf(spec, "sbp_stat", "SBP_STAT_")
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := bpfobj.Values{}
+	for _, n := range counters.Names() {
+		zero[n] = 0
+	}
+	for _, st := range selfTests() {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Errorf("self-test %s: %v", st.name, r)
+				}
+			}()
+			if err := st.check(zero); err == nil {
+				t.Errorf("self-test %s passes with every counter 0", st.name)
+			}
+		}()
 	}
 }

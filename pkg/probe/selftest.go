@@ -15,7 +15,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
-	"github.com/sockbridge/sockbridge/pkg/datapath"
+	"github.com/sockbridge/sockbridge/pkg/bpfobj"
 )
 
 // Values shared by the self-test programs and their helper processes. The
@@ -48,8 +48,7 @@ type selfTest struct {
 	minKernel string
 	need      Need
 	hooks     []hook
-	sockhash  bool // the programs use sbp_socks
-	check     func(stats []uint64) error
+	check     func(stats bpfobj.Values) error
 }
 
 func (t selfTest) feature() Feature {
@@ -62,14 +61,14 @@ func selfTests() []selfTest {
 		// still says :47001, as a captured connection must.
 		name: "connect4", minKernel: "5.8", need: NeedCapture,
 		hooks: []hook{
-			{probeProgConnect4Rewrite, ebpf.AttachCGroupInet4Connect},
-			{probeProgGetpeername4Restore, ebpf.AttachCgroupInet4GetPeername},
+			{progConnect4Rewrite, ebpf.AttachCGroupInet4Connect},
+			{progGetpeername4Answer, ebpf.AttachCgroupInet4GetPeername},
 		},
-		check: func(stats []uint64) error {
-			if stats[probeSbpStatSBP_STAT_CONNECT_REWRITTEN] == 0 {
+		check: func(stats bpfobj.Values) error {
+			if stats.Get("connect_rewritten") == 0 {
 				return errors.New("the connect4 program never rewrote the helper's connect")
 			}
-			if stats[probeSbpStatSBP_STAT_PEERNAME_RESTORED] == 0 {
+			if stats.Get("peername_restored") == 0 {
 				return errors.New("the getpeername4 program never answered the helper's getpeername")
 			}
 			return nil
@@ -79,9 +78,9 @@ func selfTests() []selfTest {
 		// by the program, as SO_ORIGINAL_DST must be; IP_TTL is not
 		// touched.
 		name: "getsockopt", minKernel: "5.3", need: NeedCapture,
-		hooks: []hook{{probeProgGetsockoptAnswer, ebpf.AttachCGroupGetsockopt}},
-		check: func(stats []uint64) error {
-			if stats[probeSbpStatSBP_STAT_SOCKOPT_ANSWERED] == 0 {
+		hooks: []hook{{progGetsockoptAnswer, ebpf.AttachCGroupGetsockopt}},
+		check: func(stats bpfobj.Values) error {
+			if stats.Get("sockopt_answered") == 0 {
 				return errors.New("the getsockopt program never answered the helper's getsockopt")
 			}
 			return nil
@@ -92,16 +91,16 @@ func selfTests() []selfTest {
 		// the receiver's FIONREAD counts them (a 2026 sockmap regression
 		// in some 6.6.x and 6.12.x stable kernels reports less and
 		// stalls senders).
-		name: "splice", minKernel: "4.18", need: NeedSplice, sockhash: true,
+		name: "splice", minKernel: "4.18", need: NeedSplice,
 		hooks: []hook{
-			{probeProgSockopsInsert, ebpf.AttachCGroupSockOps},
-			{probeProgSkmsgRedirect, ebpf.AttachSkMsgVerdict},
+			{progSockopsInsert, ebpf.AttachCGroupSockOps},
+			{progSkmsgRedirect, ebpf.AttachSkMsgVerdict},
 		},
-		check: func(stats []uint64) error {
-			if n := stats[probeSbpStatSBP_STAT_SOCKHASH_ADDED]; n < 2 {
+		check: func(stats bpfobj.Values) error {
+			if n := stats.Get("sockhash_added"); n < 2 {
 				return fmt.Errorf("sockops added %d of 2 sockets to the sockhash", n)
 			}
-			if stats[probeSbpStatSBP_STAT_MSG_REDIRECTED] == 0 {
+			if stats.Get("msg_redirected") == 0 {
 				return errors.New("sk_msg redirected nothing: the bytes went over TCP")
 			}
 			return nil
@@ -125,7 +124,7 @@ func (t selfTest) run(ctx context.Context, top string) (_ string, err error) {
 	if err != nil {
 		return "", err
 	}
-	coll, err := t.load()
+	coll, counters, err := t.load()
 	if err != nil {
 		return "", err
 	}
@@ -140,9 +139,16 @@ func (t selfTest) run(ctx context.Context, top string) (_ string, err error) {
 	if err != nil {
 		return "", err
 	}
-	stats, err := readStats(coll.Maps[probeMapSbpStats])
-	if err != nil {
-		return "", err
+	// Without programs (TestSelfTestsFailWithoutPrograms) there is no
+	// counter map: nothing was counted.
+	stats := bpfobj.Values{}
+	for _, name := range counters.Names() {
+		stats[name] = 0
+	}
+	if m := coll.Maps[mapStats]; m != nil {
+		if stats, err = counters.Read(m); err != nil {
+			return "", fmt.Errorf("read self-test counters: %w", err)
+		}
 	}
 	if err := t.check(stats); err != nil {
 		return "", err
@@ -151,47 +157,38 @@ func (t selfTest) run(ctx context.Context, top string) (_ string, err error) {
 }
 
 // load loads t's programs and the maps they use, nothing else, so that a
-// kernel without one program type fails only the tests that need it.
-func (t selfTest) load() (*ebpf.Collection, error) {
-	spec, err := loadProbe()
+// kernel without one program type fails only the tests that need it. It
+// returns the counters' names with the collection.
+func (t selfTest) load() (*ebpf.Collection, *bpfobj.Counters, error) {
+	spec, err := loadProbeSpec()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	counters, err := bpfobj.CountersOf(spec, "sbp_stat", "SBP_STAT_")
+	if err != nil {
+		return nil, nil, err
 	}
 	consts := map[string]any{
-		probeVarConnectFromPort: uint16(connectFromPort),
-		probeVarConnectToPort:   uint16(connectToPort),
-		probeVarSockoptOptname:  uint32(sockoptOptname),
-		probeVarSockoptAnswer:   uint32(sockoptAnswer),
+		varConnectFromPort: uint16(connectFromPort),
+		varConnectToPort:   uint16(connectToPort),
+		varSockoptOptname:  uint32(sockoptOptname),
+		varSockoptAnswer:   uint32(sockoptAnswer),
 	}
-	if err := datapath.SetVariables(spec, consts); err != nil {
-		return nil, err
+	if err := bpfobj.SetVariables(spec, consts); err != nil {
+		return nil, nil, err
 	}
-	for name := range spec.Programs {
-		if !t.uses(name) {
-			delete(spec.Programs, name)
-		}
+	var keep []string
+	for _, h := range t.hooks {
+		keep = append(keep, h.prog)
 	}
-	if !t.sockhash {
-		delete(spec.Maps, probeMapSbpSocks)
+	if err := bpfobj.Keep(spec, keep); err != nil {
+		return nil, nil, err
 	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load self-test programs: %+v", ve)
-		}
-		return nil, fmt.Errorf("load self-test programs: %w", err)
+		return nil, nil, bpfobj.LoadError("self-test programs", err)
 	}
-	return coll, nil
-}
-
-func (t selfTest) uses(prog string) bool {
-	for _, h := range t.hooks {
-		if h.prog == prog {
-			return true
-		}
-	}
-	return false
+	return coll, counters, nil
 }
 
 // attach attaches t's programs to cgroup (and the sockhash) and returns
@@ -208,7 +205,7 @@ func (t selfTest) attach(coll *ebpf.Collection, cgroup string) (func() error, er
 	for _, h := range t.hooks {
 		prog := coll.Programs[h.prog]
 		if h.attach == ebpf.AttachSkMsgVerdict {
-			m := coll.Maps[probeMapSbpSocks]
+			m := coll.Maps[mapSocks]
 			opts := link.RawAttachProgramOptions{Target: m.FD(), Program: prog, Attach: h.attach}
 			if err := link.RawAttachProgram(opts); err != nil {
 				return nil, errors.Join(fmt.Errorf("attach %s to the sockhash: %w", h.prog, err), detach())
@@ -225,21 +222,6 @@ func (t selfTest) attach(coll *ebpf.Collection, cgroup string) (func() error, er
 		undo = append(undo, l.Close)
 	}
 	return detach, nil
-}
-
-// readStats sums the per-CPU counters of sbp_stats.
-func readStats(m *ebpf.Map) ([]uint64, error) {
-	stats := make([]uint64, probeSbpStatSBP_STAT_MAX)
-	for i := range stats {
-		var perCPU []uint64
-		if err := m.Lookup(uint32(i), &perCPU); err != nil {
-			return nil, fmt.Errorf("read self-test counters: %w", err)
-		}
-		for _, v := range perCPU {
-			stats[i] += v
-		}
-	}
-	return stats, nil
 }
 
 // helperResult is what a helper process prints on stdout.

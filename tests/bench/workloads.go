@@ -217,7 +217,7 @@ func (b *bench) markPath(v *variant) pathMark {
 	m := pathMark{lines: countLines(v.proxy, v.logPrefixOrOutbound())}
 	if v.dp != nil {
 		if s, err := v.dp.Stats(); err == nil {
-			m.captured = s["captured"]
+			m.captured = s.Get("captured")
 		}
 	}
 	return m

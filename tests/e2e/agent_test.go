@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
+	"github.com/sockbridge/sockbridge/pkg/bpfobj"
 )
 
 // The agent binary installs the datapath from a pod file; the datapath
@@ -71,13 +72,13 @@ func TestAgentRestartAndUninstall(t *testing.T) {
 			IPv4    string `json:"ipv4"`
 			Capture bool   `json:"capture"`
 		} `json:"pods"`
-		Stats map[string]uint64 `json:"stats"`
+		Stats bpfobj.Values `json:"stats"`
 	}
 	out, err := exec.Command(bin.sockbridge, "maps", "--bpffs-dir", e.pinDir).Output()
 	if err != nil || json.Unmarshal(out, &snap) != nil {
 		t.Fatalf("sockbridge maps: %v\n%s", err, out)
 	}
-	if len(snap.Pods) != 1 || snap.Pods[0].IPv4 != podAIP.String() || !snap.Pods[0].Capture || snap.Stats["captured"] != 3 {
+	if len(snap.Pods) != 1 || snap.Pods[0].IPv4 != podAIP.String() || !snap.Pods[0].Capture || snap.Stats.Get("captured") != 3 {
 		t.Errorf("sockbridge maps = %s", out)
 	}
 	mapIDs := pinnedMapIDs(t, e.pinDir)

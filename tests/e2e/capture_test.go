@@ -47,7 +47,7 @@ func TestOutboundCaptureThroughSidecar(t *testing.T) {
 		t.Errorf("sidecar log %q, want %s... orig_dst=%s", lines[0], want, serverAddr())
 	}
 	s := e.stats()
-	if s["captured"] != 1 || s["origdst_answered"] < 1 || s["peername_restored"] < 1 {
+	if s.Get("captured") != 1 || s.Get("origdst_answered") < 1 || s.Get("peername_restored") < 1 {
 		t.Errorf("counters %v: want captured=1, origdst_answered>=1, peername_restored>=1", s)
 	}
 
@@ -116,8 +116,8 @@ func TestUncapturedTrafficUntouched(t *testing.T) {
 			t.Errorf("pod %s: sidecar logged %d outbound connections, want 0:\n%s", p.name, n, p.sidecar.Output())
 		}
 	}
-	if s := e.stats(); s["captured"] != 0 {
-		t.Errorf("captured = %d, want 0", s["captured"])
+	if s := e.stats(); s.Get("captured") != 0 {
+		t.Errorf("captured = %d, want 0", s.Get("captured"))
 	}
 }
 
@@ -186,7 +186,7 @@ func TestCaptureFollowsPodMapWithoutRestart(t *testing.T) {
 	// About 120 connects (the app's and the sidecar's upstream ones) from
 	// two cgroups across three pod additions: the pod lookup walked the
 	// cgroup ancestors once per cgroup and generation, not per connect.
-	if s := e.stats(); s["cgroup_walks"] == 0 || s["cgroup_walks"] > 8 {
-		t.Errorf("cgroup_walks = %d after ~120 connects, want a handful (cache)", s["cgroup_walks"])
+	if s := e.stats(); s.Get("cgroup_walks") == 0 || s.Get("cgroup_walks") > 8 {
+		t.Errorf("cgroup_walks = %d after ~120 connects, want a handful (cache)", s.Get("cgroup_walks"))
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
+	"github.com/sockbridge/sockbridge/pkg/bpfobj"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
 	"github.com/sockbridge/sockbridge/pkg/policy"
 )
@@ -186,7 +187,7 @@ func runIn(t *testing.T, spec testutil.ProcSpec, out any, args ...string) {
 	}
 }
 
-func (e *env) stats() map[string]uint64 {
+func (e *env) stats() bpfobj.Values {
 	e.t.Helper()
 	s, err := e.dp.Stats()
 	if err != nil {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,11 +12,12 @@ import (
 	"time"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
+	"github.com/sockbridge/sockbridge/pkg/bpfobj"
 )
 
 type snapshot struct {
-	Stats   map[string]uint64 `json:"stats"`
-	Spliced int               `json:"spliced_sockets"`
+	Stats   bpfobj.Values `json:"stats"`
+	Spliced int           `json:"spliced_sockets"`
 	Flows   []struct {
 		Role string `json:"role"`
 	} `json:"flows"`
@@ -24,20 +26,37 @@ type snapshot struct {
 	Unavailable map[string]string `json:"unavailable"`
 }
 
-// loadedPrograms returns the names of every BPF program on the host.
-func loadedPrograms(t *testing.T) []string {
+// processPrograms returns the names of the BPF programs process pid holds
+// open (its file descriptors' prog_id), so that what another test or a
+// benchmark on the same machine loaded does not count.
+func processPrograms(t *testing.T, pid int) []string {
 	t.Helper()
-	out, err := exec.Command("bpftool", "prog", "show", "-j").Output()
+	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
+	entries, err := os.ReadDir(dir)
 	if err != nil {
-		t.Fatalf("bpftool prog show: %v", err)
-	}
-	var progs []struct{ Name string }
-	if err := json.Unmarshal(out, &progs); err != nil {
-		t.Fatalf("decode bpftool prog show: %v", err)
+		t.Fatalf("read %s: %v", dir, err)
 	}
 	var names []string
-	for _, p := range progs {
-		names = append(names, p.Name)
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			id, ok := strings.CutPrefix(line, "prog_id:")
+			if !ok {
+				continue
+			}
+			out, err := exec.Command("bpftool", "prog", "show", "id", strings.TrimSpace(id), "-j").Output()
+			if err != nil {
+				t.Fatalf("bpftool prog show id %s: %v", id, err)
+			}
+			var p struct{ Name string }
+			if err := json.Unmarshal(out, &p); err != nil {
+				t.Fatalf("decode bpftool prog show: %v", err)
+			}
+			names = append(names, p.Name)
+		}
 	}
 	return names
 }
@@ -89,7 +108,7 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 		h := holdOpen()
 		s := readMaps(t, e.pinDir)
 		h.Stop()
-		if s.Spliced != 0 || s.Stats["splice_added"] != 0 || s.Stats["splice_redirected"] != 0 {
+		if s.Spliced != 0 || s.Stats.Get("splice_added") != 0 || s.Stats.Get("splice_redirected") != 0 {
 			t.Errorf("sockets entered the sockhash with splicing off: %+v", s)
 		}
 		if len(s.Flows) != 2 {
@@ -106,10 +125,9 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 		if slices.Contains(s.Maps, "sb_sockhash") || !slices.Contains(s.Maps, "sb_socks") {
 			t.Errorf("pinned maps with splicing off: %v", s.Maps)
 		}
-		for _, name := range loadedPrograms(t) {
-			if name == "skmsg_splice" || name == "sockops_splice" {
-				t.Errorf("program %s loaded with splicing off", name)
-			}
+		progs := processPrograms(t, agent.Cmd.Process.Pid)
+		if !slices.Contains(progs, "sockops_track") || slices.Contains(progs, "sockops_splice") || slices.Contains(progs, "skmsg_splice") {
+			t.Errorf("the agent without splicing loaded %v, want sockops_track and no splice program", progs)
 		}
 		// `sockbridge maps` never fails as a whole: with one pin gone it
 		// prints the rest and names what it could not read. (The map
@@ -118,7 +136,7 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 			t.Fatal(err)
 		}
 		s = readMaps(t, e.pinDir)
-		if len(s.Pods) != 1 || s.Stats["captured"] == 0 {
+		if len(s.Pods) != 1 || s.Stats.Get("captured") == 0 {
 			t.Errorf("maps with sb_tuples unpinned lost the other parts: %+v", s)
 		}
 		if !strings.Contains(s.Unavailable["map sb_tuples"], "not pinned") || s.Unavailable["in_flight_handshakes"] == "" || len(s.Unavailable) != 2 {
@@ -138,11 +156,12 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 		h := holdOpen()
 		s := readMaps(t, e.pinDir)
 		h.Stop()
-		if s.Spliced != 2 || s.Stats["splice_added"] < 2 {
+		if s.Spliced != 2 || s.Stats.Get("splice_added") < 2 {
 			t.Errorf("want the open flow's two sockets in the sockhash: %+v", s)
 		}
-		if !slices.Contains(s.Maps, "sb_sockhash") || !slices.Contains(loadedPrograms(t), "skmsg_splice") {
-			t.Errorf("splicing on without sb_sockhash or skmsg_splice: maps %v", s.Maps)
+		progs := processPrograms(t, agent.Cmd.Process.Pid)
+		if !slices.Contains(s.Maps, "sb_sockhash") || !slices.Contains(progs, "skmsg_splice") || !slices.Contains(progs, "sockops_splice") || slices.Contains(progs, "sockops_track") {
+			t.Errorf("splicing on: maps %v, programs %v; want sb_sockhash, sockops_splice and skmsg_splice", s.Maps, progs)
 		}
 		stopAgent(t, agent)
 	})

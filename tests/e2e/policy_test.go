@@ -63,10 +63,10 @@ func TestOutboundPolicy(t *testing.T) {
 				// The datapath's counter says whether connect4 redirected
 				// the connection; the sidecar's log, which reaches the
 				// test a little later, that it really went through it.
-				before, capturedBefore := len(a.sidecar.LogLines("outbound")), e.stats()["captured"]
+				before, capturedBefore := len(a.sidecar.LogLines("outbound")), e.stats().Get("captured")
 				var r roundtripResult
 				a.run(t, &r, "roundtrip", "-addr", addr, "-bytes", "1024")
-				got := e.stats()["captured"] > capturedBefore
+				got := e.stats().Get("captured") > capturedBefore
 				if !r.Intact || got != wantCaptured {
 					t.Errorf("%s: captured=%v intact=%v, want captured=%v", addr, got, r.Intact, wantCaptured)
 				}
@@ -130,10 +130,10 @@ func TestInboundPolicyShortcut(t *testing.T) {
 				t.Fatal(err)
 			}
 			for addr, wantVia := range tc.via {
-				before, shortcutBefore := len(b.sidecar.LogLines("inbound")), e.stats()["shortcut"]
+				before, shortcutBefore := len(b.sidecar.LogLines("inbound")), e.stats().Get("shortcut")
 				var r roundtripResult
 				a.run(t, &r, "roundtrip", "-addr", addr, "-bytes", "1024")
-				via := e.stats()["shortcut"] > shortcutBefore
+				via := e.stats().Get("shortcut") > shortcutBefore
 				want := before
 				if wantVia {
 					want++

@@ -45,7 +45,7 @@ func TestSameNodeShortcutAndPassthrough(t *testing.T) {
 		t.Errorf("B's sidecar saw %d outbound connections; the passthrough must not be captured", n)
 	}
 	s := e.stats()
-	if s["captured"] != 1 || s["shortcut"] != 1 {
+	if s.Get("captured") != 1 || s.Get("shortcut") != 1 {
 		t.Errorf("counters %v: want captured=1 shortcut=1", s)
 	}
 
@@ -58,7 +58,7 @@ func TestSameNodeShortcutAndPassthrough(t *testing.T) {
 	if !r.Intact || hostOf(r.ServerSawPeer) != podAIP.String() {
 		t.Errorf("connection to B's port 15021: %+v; want it straight from A's sidecar (%s)", r, podAIP)
 	}
-	if s := e.stats(); s["shortcut"] != 1 {
-		t.Errorf("shortcut = %d after a connection to port 15021, want still 1", s["shortcut"])
+	if s := e.stats(); s.Get("shortcut") != 1 {
+		t.Errorf("shortcut = %d after a connection to port 15021, want still 1", s.Get("shortcut"))
 	}
 }

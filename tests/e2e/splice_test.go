@@ -82,11 +82,11 @@ func TestSpliceCorrectness(t *testing.T) {
 
 	s := e.stats()
 	t.Logf("counters: %v", s)
-	if s["splice_redirected"] == 0 || s["splice_added"] == 0 {
+	if s.Get("splice_redirected") == 0 || s.Get("splice_added") == 0 {
 		t.Errorf("nothing was spliced: %v", s)
 	}
-	if s["splice_add_failed"] != 0 {
-		t.Errorf("splice_add_failed = %d", s["splice_add_failed"])
+	if s.Get("splice_add_failed") != 0 {
+		t.Errorf("splice_add_failed = %d", s.Get("splice_add_failed"))
 	}
 
 	t.Run("sidecar killed mid-stream", func(t *testing.T) {
@@ -177,7 +177,7 @@ func TestSpliceNoCrossPodCollision(t *testing.T) {
 			t.Errorf("pod %s: reached %s (getpeername %s), want %s", p.name, r.ServerLocal, r.Getpeername, target)
 		}
 	}
-	if s := e.stats(); s["splice_redirected"] == 0 {
+	if s := e.stats(); s.Get("splice_redirected") == 0 {
 		t.Errorf("nothing was spliced: %v", s)
 	}
 	waitNoFlows(t, e)

@@ -42,7 +42,7 @@ func TestBoundedStateNoConntrack(t *testing.T) {
 		t.Errorf("%d conntrack entries created in the pod netns, want 0", created)
 	}
 	s := e.stats()
-	if s["captured"] != uint64(n) || s["origdst_answered"] != uint64(n) {
+	if s.Get("captured") != uint64(n) || s.Get("origdst_answered") != uint64(n) {
 		t.Errorf("counters %v: want captured=%d origdst_answered=%d", s, n, n)
 	}
 	for _, c := range []string{"tuple_failed", "storage_failed", "bind_failed", "origdst_unknown"} {
