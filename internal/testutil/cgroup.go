@@ -1,11 +1,8 @@
 package testutil
 
 import (
-	"errors"
 	"os"
 	"path/filepath"
-	"syscall"
-	"time"
 
 	"github.com/sockbridge/sockbridge/pkg/cgroups"
 )
@@ -39,26 +36,7 @@ func TestCgroup(t TB) string {
 }
 
 // RemoveCgroup removes a cgroup tree bottom-up, killing what is left in it.
-func RemoveCgroup(path string) error {
-	entries, _ := os.ReadDir(path)
-	for _, e := range entries {
-		if e.IsDir() {
-			RemoveCgroup(filepath.Join(path, e.Name()))
-		}
-	}
-	var err error
-	for i := 0; i < 100; i++ {
-		err = os.Remove(path)
-		if err == nil || errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		if errors.Is(err, syscall.EBUSY) {
-			os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return err
-}
+func RemoveCgroup(path string) error { return cgroups.RemoveTree(path) }
 
 // CgroupID returns the id of the cgroup at path or fails t.
 func CgroupID(t TB, path string) uint64 {

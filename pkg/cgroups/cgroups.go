@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -134,4 +136,34 @@ func Resolve(root, path string) string {
 		return filepath.Clean(path)
 	}
 	return filepath.Join(root, path)
+}
+
+// RemoveTree removes the cgroup at path and every cgroup below it,
+// bottom-up. A cgroup that stays busy is emptied through cgroup.kill
+// (Linux 5.14) and retried for up to a second. Only for cgroups the caller
+// created: whatever runs inside is killed.
+func RemoveTree(path string) error {
+	entries, err := os.ReadDir(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var errs []error
+	for _, e := range entries {
+		if e.IsDir() {
+			errs = append(errs, RemoveTree(filepath.Join(path, e.Name())))
+		}
+	}
+	for i := 0; ; i++ {
+		err = os.Remove(path)
+		if err == nil || errors.Is(err, os.ErrNotExist) {
+			return errors.Join(errs...)
+		}
+		if !errors.Is(err, syscall.EBUSY) || i == 100 {
+			return errors.Join(append(errs, fmt.Errorf("remove cgroup %s: %w", path, err))...)
+		}
+		if i == 0 {
+			os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -3,12 +3,11 @@ package probe
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
-	"time"
+
+	"github.com/sockbridge/sockbridge/pkg/cgroups"
 )
 
 // CgroupPrefix starts the name of every temporary cgroup the probe creates.
@@ -32,30 +31,10 @@ func makeCgroup(parent, name string) (string, error) {
 }
 
 // removeCgroup removes a cgroup tree the probe created, bottom-up. A
-// process still inside can only be a self-test helper; cgroup.kill (5.14)
-// ends it.
+// process still inside can only be a self-test helper; it is killed.
 func removeCgroup(path string) error {
-	entries, err := os.ReadDir(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
+	if err := cgroups.RemoveTree(path); err != nil {
+		return fmt.Errorf("remove temporary cgroup: %w", err)
 	}
-	var errs []error
-	for _, e := range entries {
-		if e.IsDir() {
-			errs = append(errs, removeCgroup(filepath.Join(path, e.Name())))
-		}
-	}
-	for i := 0; ; i++ {
-		err = os.Remove(path)
-		if err == nil || errors.Is(err, os.ErrNotExist) {
-			return errors.Join(errs...)
-		}
-		if !errors.Is(err, syscall.EBUSY) || i == 100 {
-			return errors.Join(append(errs, fmt.Errorf("remove temporary cgroup: %w", err))...)
-		}
-		if i == 0 {
-			os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return nil
 }
