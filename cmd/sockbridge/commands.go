@@ -125,10 +125,9 @@ func newAgentCommand() *cobra.Command {
 			if podFile != "" && nodeName != "" {
 				return usageError{errors.New("--pods-file and --node-name exclude each other")}
 			}
-			switch splice {
-			case agent.SpliceAuto, agent.SpliceOn, agent.SpliceOff:
-			default:
-				return usageError{fmt.Errorf("--splice %q: want auto, on or off", splice)}
+			spliceMode, err := agent.ParseSpliceMode(splice)
+			if err != nil {
+				return usageError{fmt.Errorf("--splice: %w", err)}
 			}
 			preset, err := policy.PresetByName(mesh)
 			if err != nil {
@@ -137,7 +136,7 @@ func newAgentCommand() *cobra.Command {
 			dpf.applyPreset(c, preset)
 			return agent.Run(c.Context(), agent.Config{
 				Datapath: dpf.cfg, CgroupRoot: dpf.cgroupRoot, PodFile: podFile,
-				UninstallOnExit: cleanup, Splice: splice, DisableFeatures: disable, Log: log,
+				UninstallOnExit: cleanup, Splice: spliceMode, DisableFeatures: disable, Log: log,
 				NodeName: nodeName, Kubeconfig: kubecfg, Preset: preset,
 			})
 		},
@@ -146,7 +145,7 @@ func newAgentCommand() *cobra.Command {
 	c.Flags().StringVar(&podFile, "pods-file", "", "static pod list (JSON, see docs/pods-file.md); SIGHUP rereads it")
 	c.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	c.Flags().BoolVar(&cleanup, "uninstall-on-exit", false, "remove the datapath when the agent stops (default: leave it attached)")
-	c.Flags().StringVar(&splice, "splice", agent.SpliceAuto, "socket splicing: auto (on where the probe passes), on (required), off; off for sidecars that use splice(2)")
+	c.Flags().StringVar(&splice, "splice", string(agent.SpliceAuto), "socket splicing: auto (on where the probe passes), on (required), off; off for sidecars that use splice(2)")
 	c.Flags().StringArrayVar(&disable, "disable-feature", nil, "treat a probe feature as missing, e.g. sk_msg, to force it off (repeatable; names as sockbridge probe prints them)")
 	c.Flags().StringVar(&nodeName, "node-name", os.Getenv("NODE_NAME"), "watch this node's pods through the Kubernetes API (default $NODE_NAME)")
 	c.Flags().StringVar(&kubecfg, "kubeconfig", "", "kubeconfig file (default: in-cluster service account)")

@@ -21,12 +21,24 @@ import (
 	"github.com/sockbridge/sockbridge/pkg/probe"
 )
 
-// Splice modes.
+// SpliceMode says whether the agent splices captured flows.
+type SpliceMode string
+
+// The splice modes.
 const (
-	SpliceAuto = "auto" // on when the probe passes every splice feature
-	SpliceOn   = "on"   // required: the agent refuses to start without it
-	SpliceOff  = "off"
+	SpliceAuto SpliceMode = "auto" // on when the probe passes every splice feature
+	SpliceOn   SpliceMode = "on"   // required: the agent refuses to start without it
+	SpliceOff  SpliceMode = "off"
 )
+
+// ParseSpliceMode returns the mode named s.
+func ParseSpliceMode(s string) (SpliceMode, error) {
+	switch m := SpliceMode(s); m {
+	case SpliceAuto, SpliceOn, SpliceOff:
+		return m, nil
+	}
+	return "", fmt.Errorf("splice mode %q: want auto, on or off", s)
+}
 
 // Config is the agent's configuration.
 type Config struct {
@@ -45,33 +57,31 @@ type Config struct {
 	Preset *policy.Preset
 	// UninstallOnExit removes the datapath when the agent stops.
 	UninstallOnExit bool
-	// Splice is SpliceAuto, SpliceOn or SpliceOff.
-	Splice string
+	// Splice is SpliceAuto (the zero value means it too), SpliceOn or
+	// SpliceOff.
+	Splice SpliceMode
 	// DisableFeatures are probe features to treat as missing, to force a
 	// feature off (e.g. "sk_msg" turns splicing off).
 	DisableFeatures []string
-	// Probe runs the kernel capability probe; nil runs probe.Run.
-	Probe func(context.Context) (*probe.Report, error)
-	Log   *logrus.Logger
+	Log             *logrus.Logger
 }
 
 // Plan probes the kernel and decides what the agent enables: the probe's
 // plan, minus the features turned off. It fails with the probe's one-line
 // reason when an essential is missing.
 func Plan(ctx context.Context, cfg Config) (probe.Plan, error) {
-	run := cfg.Probe
-	if run == nil {
-		run = func(ctx context.Context) (*probe.Report, error) {
-			return probe.Run(ctx, probe.Options{CgroupRoot: cfg.CgroupRoot, BPFFS: cfg.Datapath.PinDir})
-		}
-	}
-	report, err := run(ctx)
+	report, err := probe.Run(ctx, probe.Options{CgroupRoot: cfg.CgroupRoot, BPFFS: cfg.Datapath.PinDir})
 	if err != nil {
 		return probe.Plan{}, fmt.Errorf("probe the kernel: %w", err)
 	}
+	return planFor(report, cfg)
+}
+
+// planFor is Plan on a report already taken.
+func planFor(report *probe.Report, cfg Config) (probe.Plan, error) {
 	for _, name := range cfg.DisableFeatures {
 		if _, ok := report.Feature(name); !ok {
-			return probe.Plan{}, fmt.Errorf("--disable-feature %q: no such feature (`sockbridge probe` lists them)", name)
+			return probe.Plan{}, fmt.Errorf("feature %q to turn off: no such feature (`sockbridge probe` lists them)", name)
 		}
 	}
 	report = report.Without(cfg.DisableFeatures...)
@@ -83,15 +93,15 @@ func Plan(ctx context.Context, cfg Config) (probe.Plan, error) {
 	case SpliceAuto, "":
 	case SpliceOn:
 		if !plan.Splice {
-			return plan, fmt.Errorf("--splice=on but %s", strings.Join(plan.Reasons, "; "))
+			return plan, fmt.Errorf("splicing is required but %s", strings.Join(plan.Reasons, "; "))
 		}
 	case SpliceOff:
 		if plan.Splice {
 			plan.Splice = false
-			plan.Reasons = append(plan.Reasons, "splice: off because --splice=off")
+			plan.Reasons = append(plan.Reasons, "splice: off on request")
 		}
 	default:
-		return plan, fmt.Errorf("--splice %q: want auto, on or off", cfg.Splice)
+		return plan, fmt.Errorf("splice mode %q: want auto, on or off", cfg.Splice)
 	}
 	return plan, nil
 }
