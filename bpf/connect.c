@@ -1,13 +1,21 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * cgroup sock_addr programs: outbound capture at connect() and the matching
- * getpeername() answer. Part of the one datapath object: compiled through
- * bpf/datapath.c, not on its own.
+ * getpeername() answer, for both address families. Part of the one datapath
+ * object: compiled through bpf/datapath.c, not on its own.
  *
- * Kernel: cgroup/connect4 4.17, bpf_bind 4.17, bpf_sk_storage_get from
- * sock_addr programs 5.11 (earlier kernels reject the program),
- * bpf_get_current_ancestor_cgroup_id 5.7, bpf_get_current_cgroup_id 4.18,
- * LRU hash 4.10, cgroup/getpeername4 5.8.
+ * connect6 sees every connect() of an AF_INET6 socket, including those to a
+ * v4-mapped address (::ffff:a.b.c.d), which the kernel then carries over
+ * IPv4 without running connect4: such a destination is captured exactly
+ * like IPv4 (same policy, the sidecar's IPv4 listener at
+ * ::ffff:127.0.0.1), so that no socket family bypasses the sidecar. Native
+ * IPv6 destinations go to the sidecar's IPv6 listener at [::1].
+ *
+ * Kernel: cgroup/connect4 and connect6 4.17, bpf_bind 4.17,
+ * bpf_sk_storage_get from sock_addr programs 5.11 (earlier kernels reject
+ * the program), bpf_get_current_ancestor_cgroup_id 5.7,
+ * bpf_get_current_cgroup_id 4.18, LRU hash 4.10, cgroup/getpeername4 and
+ * getpeername6 5.8.
  */
 #include "lib/sockbridge.h"
 
@@ -58,28 +66,54 @@ static __always_inline struct sb_pod *current_pod(__u64 *cgroup_id)
 	return bpf_map_lookup_elem(&sb_pods, cgroup_id);
 }
 
-static __always_inline int is_proxy(void)
+static __always_inline bool is_proxy(void)
 {
 	__u64 ugid = bpf_get_current_uid_gid();
 
 	return (__u32)ugid == sb_cfg.proxy_uid || (__u32)(ugid >> 32) == sb_cfg.proxy_gid;
 }
 
-static __always_inline int skip_inbound_port(__u16 port)
+static __always_inline bool skip_inbound_port(__u16 port)
 {
 	int i;
 
 	for (i = 0; i < SB_MAX_SKIP_PORTS; i++) {
 		if (sb_cfg.inbound_skip_ports[i] && sb_cfg.inbound_skip_ports[i] == port)
-			return 1;
+			return true;
 	}
-	return 0;
+	return false;
 }
 
-static __always_inline int remember(struct bpf_sock_addr *ctx, __u16 flags)
+/* The destination of a connect(): user_ip4 or user_ip6 by hook. */
+static __always_inline void dest_of(struct bpf_sock_addr *ctx, struct sb_addr *dst, const bool v6)
 {
-	struct sb_sock *s;
+	if (v6)
+		SB_LOAD_ADDR6(dst, ctx, user_ip6);
+	else
+		sb_addr_set4(dst, SB_LOAD_U32(ctx, user_ip4));
+}
+
+/* Rewrites the destination address of a connect(), in the socket's own
+ * family: an AF_INET6 socket gets a v4-mapped address for IPv4. */
+static __always_inline void set_dest(struct bpf_sock_addr *ctx, const struct sb_addr *a,
+				     const bool v6)
+{
+	if (v6) {
+		ctx->user_ip6[0] = a->w[0];
+		ctx->user_ip6[1] = a->w[1];
+		ctx->user_ip6[2] = a->w[2];
+		ctx->user_ip6[3] = a->w[3];
+	} else {
+		ctx->user_ip4 = a->w[3];
+	}
+}
+
+/* Stores the original destination in the socket's storage. */
+static __always_inline int remember(struct bpf_sock_addr *ctx, const struct sb_addr *dst,
+				    __u16 flags)
+{
 	struct bpf_sock *sk = ctx->sk;
+	struct sb_sock *s;
 
 	if (!sk)
 		return -1;
@@ -88,8 +122,8 @@ static __always_inline int remember(struct bpf_sock_addr *ctx, __u16 flags)
 		sb_count(SB_STAT_STORAGE_FAILED);
 		return -1;
 	}
-	s->ip4 = ctx->user_ip4;
-	s->port = (__u16)ctx->user_port;
+	s->addr = *dst;
+	s->port = (__be16)ctx->user_port;
 	s->flags = flags;
 	return 0;
 }
@@ -97,37 +131,39 @@ static __always_inline int remember(struct bpf_sock_addr *ctx, __u16 flags)
 /* Whether the destination pod's inbound capture takes port, as its
  * ISTIO_INBOUND chain would decide on arrival: never-captured ports and
  * excluded ports first, then every port or the included ones. */
-static __always_inline int inbound_captured(struct sb_pod *pod, __u64 cgroup_id, __u16 port)
+static __always_inline bool inbound_captured(struct sb_pod *pod, __u64 cgroup_id, __u16 port)
 {
 	__u8 action;
 
 	if (skip_inbound_port(port))
-		return 0;
+		return false;
 	action = sb_port_policy(cgroup_id, port, SB_DIR_INBOUND);
 	if (action & SB_PORT_EXCLUDE)
-		return 0;
+		return false;
 	return (pod->flags & SB_POD_IN_ALL_PORTS) || (action & SB_PORT_INCLUDE);
 }
 
 /* A sidecar connection to a meshed pod on this node goes to that pod's
  * inbound port, as the pod's ISTIO_INBOUND chain would redirect it on
  * arrival; to its own pod IP it goes to its own inbound port for any port
- * but 15008, as istio-iptables' "-o lo ! -d 127.0.0.1 -m owner
+ * but 15008, as istio-iptables' "-o lo ! -d 127.0.0.1 (::1) -m owner
  * --uid-owner 1337 -j ISTIO_IN_REDIRECT" rule does. Envoy's inbound
- * passthrough from 127.0.0.6 is left alone. */
-static __always_inline void proxy_connect(struct bpf_sock_addr *ctx, __u64 own_cgroup_id)
+ * passthrough from 127.0.0.6 (::6) is left alone. The address is kept, so
+ * either family works alike. */
+static __always_inline void proxy_connect(struct bpf_sock_addr *ctx, const struct sb_addr *dst,
+					  __u64 own_cgroup_id)
 {
+	struct sb_addr src = {}, peer = {};
 	struct sb_pod_ip *dst_pod;
 	struct sb_pod *pod;
-	__u32 dst_ip4 = ctx->user_ip4;
 	__u16 dst_port = bpf_ntohs((__u16)ctx->user_port);
 	__u64 dst_cgroup_id;
 
-	if (sb_is_loopback(dst_ip4) || dst_port == sb_cfg.inbound_port)
+	if (sb_addr_is_loopback(dst) || dst_port == sb_cfg.inbound_port)
 		return;
-	if (ctx->sk && ctx->sk->src_ip4 == bpf_htonl(SB_PASSTHROUGH_IP))
+	if (ctx->sk && sb_sock_addrs(ctx->sk, &src, &peer) && sb_addr_is_passthrough(&src))
 		return;
-	dst_pod = bpf_map_lookup_elem(&sb_pod_ips, &dst_ip4);
+	dst_pod = bpf_map_lookup_elem(&sb_pod_ips, dst);
 	if (!dst_pod)
 		return;
 	dst_cgroup_id = dst_pod->cgroup_id;
@@ -140,37 +176,104 @@ static __always_inline void proxy_connect(struct bpf_sock_addr *ctx, __u64 own_c
 	} else if (!inbound_captured(pod, dst_cgroup_id, dst_port)) {
 		return;
 	}
-	if (remember(ctx, SB_SOCK_SHORTCUT))
+	if (remember(ctx, dst, SB_SOCK_SHORTCUT))
 		return;
 	ctx->user_port = bpf_htons(sb_cfg.inbound_port);
 	sb_count(SB_STAT_SHORTCUT);
 }
 
+/* Whether dst is one of the pod's own addresses. */
+static __always_inline bool is_own_ip(struct sb_pod *pod, const struct sb_addr *dst)
+{
+	if (sb_addr_is4(dst))
+		return pod->ip4 && dst->w[3] == pod->ip4;
+	return !sb_addr_is_zero(&pod->ip6) && sb_addr_eq(dst, &pod->ip6);
+}
+
 /* Whether the app's connection goes to the sidecar, with istio-iptables'
- * ISTIO_OUTPUT precedence: excluded ports, local destinations, excluded
- * ranges, included ports, then every destination or the included ranges. */
-static __always_inline int outbound_captured(struct sb_pod *pod, __u64 cgroup_id, __u32 dst_ip4,
-					     __u16 dst_port)
+ * ISTIO_OUTPUT precedence (the same for iptables and ip6tables): excluded
+ * ports, local destinations, excluded ranges, included ports, then every
+ * destination or the included ranges. */
+static __always_inline bool outbound_captured(struct sb_pod *pod, __u64 cgroup_id,
+					      const struct sb_addr *dst, __u16 dst_port)
 {
 	__u8 action = sb_port_policy(cgroup_id, dst_port, SB_DIR_OUTBOUND);
 
 	if (action & SB_PORT_EXCLUDE)
-		return 0;
-	/* The app's own local traffic (127.0.0.0/8 and its pod IP) stays
+		return false;
+	/* The app's own local traffic (loopback and its pod IPs) stays
 	 * local, as istio-iptables' "-o lo ... -j RETURN" rules leave it. */
-	if (sb_is_loopback(dst_ip4) || (pod->ip4 && dst_ip4 == pod->ip4))
-		return 0;
-	if (sb_cidr_match(&sb_cidr_excl, cgroup_id, dst_ip4))
-		return 0;
+	if (sb_addr_is_loopback(dst) || is_own_ip(pod, dst))
+		return false;
+	if (sb_cidr_match(&sb_cidr_excl, cgroup_id, dst))
+		return false;
 	if (action & SB_PORT_INCLUDE)
-		return 1;
-	return (pod->flags & SB_POD_OUT_ALL_IPS) ||
-	       sb_cidr_match(&sb_cidr_incl, cgroup_id, dst_ip4);
+		return true;
+	return (pod->flags & SB_POD_OUT_ALL_IPS) || sb_cidr_match(&sb_cidr_incl, cgroup_id, dst);
 }
 
-SEC("cgroup/connect4")
-int connect4_redirect(struct bpf_sock_addr *ctx)
+/* Binds the pod's address of the destination's family as the source, so
+ * the sidecar sees the pod IP as downstream source, as under REDIRECT. A
+ * socket the app bound itself keeps its address. An AF_INET6 socket binds
+ * the v4-mapped pod IPv4 for an IPv4 destination. */
+static __always_inline void bind_pod_ip(struct bpf_sock_addr *ctx, struct sb_pod *pod,
+					const struct sb_addr *dst, const bool v6)
 {
+	struct sb_addr src = {}, peer = {};
+
+	if (!ctx->sk || !sb_sock_addrs(ctx->sk, &src, &peer))
+		return;
+	if (v6) {
+		struct sockaddr_in6 sa = {};
+
+		/* Unbound: :: (and ::ffff:0.0.0.0 never happens before bind). */
+		if (!sb_addr_is_zero(&src))
+			return;
+		sa.sin6_family = SB_AF_INET6;
+		if (sb_addr_is4(dst)) {
+			if (!pod->ip4)
+				return;
+			sa.sin6_addr.in6_u.u6_addr32[2] = bpf_htonl(0x0000ffff);
+			sa.sin6_addr.in6_u.u6_addr32[3] = pod->ip4;
+		} else {
+			if (sb_addr_is_zero(&pod->ip6))
+				return;
+			sa.sin6_addr.in6_u.u6_addr32[0] = pod->ip6.w[0];
+			sa.sin6_addr.in6_u.u6_addr32[1] = pod->ip6.w[1];
+			sa.sin6_addr.in6_u.u6_addr32[2] = pod->ip6.w[2];
+			sa.sin6_addr.in6_u.u6_addr32[3] = pod->ip6.w[3];
+		}
+		if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)))
+			sb_count(SB_STAT_BIND_FAILED);
+	} else {
+		struct sockaddr_in sa = {};
+
+		if (!pod->ip4 || src.w[3])
+			return;
+		sa.sin_family = SB_AF_INET;
+		sa.sin_addr.s_addr = pod->ip4;
+		if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)))
+			sb_count(SB_STAT_BIND_FAILED);
+	}
+}
+
+/* The sidecar's outbound listener for dst's family: 127.0.0.1 (v4-mapped
+ * on an AF_INET6 socket) or ::1. */
+static __always_inline void outbound_listener(const struct sb_addr *dst, struct sb_addr *to)
+{
+	if (sb_addr_is4(dst)) {
+		sb_addr_set4(to, bpf_htonl(SB_LOCALHOST_IP));
+	} else {
+		to->w[0] = 0;
+		to->w[1] = 0;
+		to->w[2] = 0;
+		to->w[3] = bpf_htonl(1);
+	}
+}
+
+static __always_inline int redirect(struct bpf_sock_addr *ctx, const bool v6)
+{
+	struct sb_addr dst = {}, to = {};
 	struct sb_pod *pod;
 	__u64 cgroup_id = 0;
 
@@ -179,31 +282,40 @@ int connect4_redirect(struct bpf_sock_addr *ctx)
 	pod = current_pod(&cgroup_id);
 	if (!pod || !(pod->flags & SB_POD_CAPTURE))
 		return 1;
+	dest_of(ctx, &dst, v6);
 	if (is_proxy()) {
-		proxy_connect(ctx, cgroup_id);
+		proxy_connect(ctx, &dst, cgroup_id);
 		return 1;
 	}
-	if (!outbound_captured(pod, cgroup_id, ctx->user_ip4, bpf_ntohs((__u16)ctx->user_port)))
+	if (!outbound_captured(pod, cgroup_id, &dst, bpf_ntohs((__u16)ctx->user_port)))
 		return 1;
-	if (remember(ctx, SB_SOCK_CAPTURED))
+	if (remember(ctx, &dst, SB_SOCK_CAPTURED))
 		return 1;
-	if (pod->ip4 && ctx->sk && !ctx->sk->src_ip4) {
-		struct sockaddr_in sa = {
-			.sin_family = SB_AF_INET,
-			.sin_addr.s_addr = pod->ip4,
-		};
-
-		if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)))
-			sb_count(SB_STAT_BIND_FAILED);
-	}
-	ctx->user_ip4 = bpf_htonl(SB_LOCALHOST_IP);
+	bind_pod_ip(ctx, pod, &dst, v6);
+	outbound_listener(&dst, &to);
+	set_dest(ctx, &to, v6);
 	ctx->user_port = bpf_htons(sb_cfg.outbound_port);
 	sb_count(SB_STAT_CAPTURED);
+	if (v6)
+		sb_count(sb_addr_is4(&dst) ? SB_STAT_CAPTURED_MAPPED : SB_STAT_CAPTURED_V6);
 	return 1;
 }
 
-SEC("cgroup/getpeername4")
-int getpeername4_restore(struct bpf_sock_addr *ctx)
+SEC("cgroup/connect4")
+int connect4_redirect(struct bpf_sock_addr *ctx)
+{
+	return redirect(ctx, false);
+}
+
+SEC("cgroup/connect6")
+int connect6_redirect(struct bpf_sock_addr *ctx)
+{
+	return redirect(ctx, true);
+}
+
+/* getpeername() returns what the app dialled, in the form it dialled it:
+ * an AF_INET6 socket that dialled ::ffff:a.b.c.d gets the mapped form. */
+static __always_inline int restore_peer(struct bpf_sock_addr *ctx, const bool v6)
 {
 	struct sb_sock *s;
 
@@ -212,8 +324,20 @@ int getpeername4_restore(struct bpf_sock_addr *ctx)
 	s = bpf_sk_storage_get(&sb_socks, ctx->sk, 0, 0);
 	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT)))
 		return 1;
-	ctx->user_ip4 = s->ip4;
+	set_dest(ctx, &s->addr, v6);
 	ctx->user_port = s->port;
 	sb_count(SB_STAT_PEERNAME_RESTORED);
 	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int getpeername4_restore(struct bpf_sock_addr *ctx)
+{
+	return restore_peer(ctx, false);
+}
+
+SEC("cgroup/getpeername6")
+int getpeername6_restore(struct bpf_sock_addr *ctx)
+{
+	return restore_peer(ctx, true);
 }

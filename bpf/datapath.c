@@ -4,7 +4,7 @@
  * bpf2go line (pkg/datapath/gen.go). Each hook family keeps its own file,
  * included here:
  *
- *   connect.c   cgroup/connect4 (capture), cgroup/getpeername4
+ *   connect.c   cgroup/connect4 and connect6 (capture), cgroup/getpeername4 and 6
  *   sockops.c   sockops: original destination handoff, sockhash inserts
  *   sockopt.c   cgroup/getsockopt: SO_ORIGINAL_DST
  *   skmsg.c     sk_msg: splicing

@@ -11,9 +11,14 @@
  * whose child never appears is deleted when the client socket closes. No
  * per-connection state outlives its sockets.
  *
- * With splicing on (the sockops_splice entry point), it also adds both sockets of every captured flow to
- * sb_sockhash: app <-> sidecar, sidecar <-> sidecar on this node, and the
- * sidecar's inbound passthrough (from 127.0.0.6) <-> app. Nothing else.
+ * Both families: addresses are read in the sb_addr form (IPv4 v4-mapped), so
+ * an app's AF_INET6 socket dialling ::ffff:127.0.0.1 and the sidecar's
+ * AF_INET socket accepting that connection agree on the key.
+ *
+ * With splicing on (the sockops_splice entry point), it also adds both
+ * sockets of every captured flow to sb_sockhash: app <-> sidecar, sidecar
+ * <-> sidecar on this node, and the sidecar's inbound passthrough (from
+ * 127.0.0.6 or ::6) <-> app. Nothing else.
  *
  * Kernel: sockops 4.13, bpf_sk_storage_get from sockops 5.3,
  * bpf_get_netns_cookie from sockops 5.15, BPF_SOCK_OPS_STATE_CB 4.17,
@@ -23,22 +28,50 @@
 
 #define TCP_CLOSE 7
 
+/* A sockops socket's local and remote addresses in the sb_addr form;
+ * false for a family other than AF_INET and AF_INET6. */
+static __always_inline bool ops_addrs(struct bpf_sock_ops *skops, struct sb_addr *local,
+				      struct sb_addr *remote)
+{
+	__u32 family = skops->family;
+
+	if (family == SB_AF_INET) {
+		sb_addr_set4(local, SB_LOAD_U32(skops, local_ip4));
+		sb_addr_set4(remote, SB_LOAD_U32(skops, remote_ip4));
+		return true;
+	}
+	if (family == SB_AF_INET6) {
+		SB_LOAD_ADDR6(local, skops, local_ip6);
+		SB_LOAD_ADDR6(remote, skops, remote_ip6);
+		return true;
+	}
+	return false;
+}
+
+/* A socket's view of its connection: addresses, and ports in host order. */
+struct ends {
+	struct sb_addr local;
+	struct sb_addr remote;
+	__u16 local_port;
+	__u16 remote_port;
+};
+
 /* Adds the socket to sb_sockhash when splice is true. splice is a
  * compile-time constant of each entry point (sockops_track,
  * sockops_splice): without splicing the program does not reference
  * sb_sockhash at all, so the agent can leave the map uncreated. */
-static __always_inline void splice_add(struct bpf_sock_ops *skops, const bool splice)
+static __always_inline void splice_add(struct bpf_sock_ops *skops, const struct ends *e,
+				       const bool splice)
 {
-	struct sb_sock_key key = {
-		.local_ip4 = skops->local_ip4,
-		.remote_ip4 = skops->remote_ip4,
-		.local_port = (__u16)skops->local_port,
-		.remote_port = (__u16)bpf_ntohl(skops->remote_port),
-	};
+	struct sb_sock_key key = {};
 
 	if (!splice)
 		return;
-	if (sb_needs_netns(key.local_ip4, key.remote_ip4))
+	key.local = e->local;
+	key.remote = e->remote;
+	key.local_port = e->local_port;
+	key.remote_port = e->remote_port;
+	if (sb_needs_netns(&key.local, &key.remote))
 		key.netns = bpf_get_netns_cookie(skops);
 	if (bpf_sock_hash_update(skops, &sb_sockhash, &key, BPF_ANY)) {
 		sb_count(SB_STAT_SPLICE_ADD_FAILED);
@@ -49,13 +82,14 @@ static __always_inline void splice_add(struct bpf_sock_ops *skops, const bool sp
 
 /* A connection from Envoy's inbound passthrough address to a captured pod
  * on this node: the last hop of an inbound flow. */
-static __always_inline int is_passthrough(__u32 client_ip4, __u32 server_ip4)
+static __always_inline bool is_passthrough(const struct sb_addr *client,
+					   const struct sb_addr *server)
 {
-	return client_ip4 == bpf_htonl(SB_PASSTHROUGH_IP) && sb_is_captured_pod_ip(server_ip4);
+	return sb_addr_is_passthrough(client) && sb_is_captured_pod_ip(server);
 }
 
 static __always_inline void mark_passthrough(struct bpf_sock_ops *skops, struct bpf_sock *sk,
-					     const bool splice)
+					     const struct ends *e, const bool splice)
 {
 	struct sb_sock *s;
 
@@ -65,65 +99,60 @@ static __always_inline void mark_passthrough(struct bpf_sock_ops *skops, struct 
 		return;
 	}
 	s->flags = SB_SOCK_PASSTHROUGH;
-	splice_add(skops, splice);
+	splice_add(skops, e, splice);
 }
 
 /* The key is the connection as the client sees it; the netns cookie keeps
  * apart pods whose loopback 4-tuples are identical. */
-static __always_inline void tuple_key(struct bpf_sock_ops *skops, struct sb_tuple *key, int passive)
+static __always_inline void tuple_key(struct bpf_sock_ops *skops, const struct ends *e,
+				      struct sb_tuple *key, const bool passive)
 {
-	__u32 local_ip4 = skops->local_ip4;
-	__u32 remote_ip4 = skops->remote_ip4;
-	__u16 local_port = (__u16)skops->local_port;
-	__u16 remote_port = (__u16)bpf_ntohl(skops->remote_port);
-
 	if (passive) {
-		key->client_ip4 = remote_ip4;
-		key->client_port = remote_port;
-		key->server_ip4 = local_ip4;
-		key->server_port = local_port;
+		key->client = e->remote;
+		key->client_port = e->remote_port;
+		key->server = e->local;
+		key->server_port = e->local_port;
 	} else {
-		key->client_ip4 = local_ip4;
-		key->client_port = local_port;
-		key->server_ip4 = remote_ip4;
-		key->server_port = remote_port;
+		key->client = e->local;
+		key->client_port = e->local_port;
+		key->server = e->remote;
+		key->server_port = e->remote_port;
 	}
-	key->netns = sb_is_loopback(key->server_ip4) ? bpf_get_netns_cookie(skops) : 0;
-	key->pad = 0;
+	key->netns = sb_needs_netns(&key->client, &key->server) ? bpf_get_netns_cookie(skops) : 0;
 }
 
 static __always_inline void active_established(struct bpf_sock_ops *skops, struct bpf_sock *sk,
-					       const bool splice)
+					       const struct ends *e, const bool splice)
 {
-	struct sb_tuple key;
+	struct sb_tuple key = {};
 	struct sb_sock *s;
 
 	s = bpf_sk_storage_get(&sb_socks, sk, 0, 0);
 	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT))) {
-		if (splice && is_passthrough(skops->local_ip4, skops->remote_ip4))
-			mark_passthrough(skops, sk, splice);
+		if (splice && is_passthrough(&e->local, &e->remote))
+			mark_passthrough(skops, sk, e, splice);
 		return;
 	}
-	tuple_key(skops, &key, 0);
+	tuple_key(skops, e, &key, false);
 	if (bpf_map_update_elem(&sb_tuples, &key, s, BPF_ANY)) {
 		sb_count(SB_STAT_TUPLE_FAILED);
 		return;
 	}
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-	splice_add(skops, splice);
+	splice_add(skops, e, splice);
 }
 
 static __always_inline void passive_established(struct bpf_sock_ops *skops, struct bpf_sock *sk,
-						const bool splice)
+						const struct ends *e, const bool splice)
 {
-	struct sb_tuple key;
+	struct sb_tuple key = {};
 	struct sb_sock *orig, *s;
 
-	tuple_key(skops, &key, 1);
+	tuple_key(skops, e, &key, true);
 	orig = bpf_map_lookup_elem(&sb_tuples, &key);
 	if (!orig) {
-		if (splice && is_passthrough(skops->remote_ip4, skops->local_ip4))
-			mark_passthrough(skops, sk, splice);
+		if (splice && is_passthrough(&e->remote, &e->local))
+			mark_passthrough(skops, sk, e, splice);
 		return;
 	}
 	s = bpf_sk_storage_get(&sb_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -133,16 +162,17 @@ static __always_inline void passive_established(struct bpf_sock_ops *skops, stru
 		sb_count(SB_STAT_STORAGE_FAILED);
 		return;
 	}
-	s->ip4 = orig->ip4;
+	s->addr = orig->addr;
 	s->port = orig->port;
 	s->flags = SB_SOCK_ORIGDST;
 	bpf_map_delete_elem(&sb_tuples, &key);
-	splice_add(skops, splice);
+	splice_add(skops, e, splice);
 }
 
-static __always_inline void state_changed(struct bpf_sock_ops *skops, struct bpf_sock *sk)
+static __always_inline void state_changed(struct bpf_sock_ops *skops, struct bpf_sock *sk,
+					  const struct ends *e)
 {
-	struct sb_tuple key;
+	struct sb_tuple key = {};
 	struct sb_sock *s;
 
 	if (skops->args[1] != TCP_CLOSE)
@@ -150,26 +180,39 @@ static __always_inline void state_changed(struct bpf_sock_ops *skops, struct bpf
 	s = bpf_sk_storage_get(&sb_socks, sk, 0, 0);
 	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT)))
 		return;
-	tuple_key(skops, &key, 0);
+	tuple_key(skops, e, &key, false);
 	bpf_map_delete_elem(&sb_tuples, &key);
 }
 
 static __always_inline int track(struct bpf_sock_ops *skops, const bool splice)
 {
 	struct bpf_sock *sk = skops->sk;
+	struct ends e = {};
 
-	if (skops->family != SB_AF_INET || !sk)
+	if (!sk)
 		return 1;
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_STATE_CB:
+		break;
+	default:
+		return 1;
+	}
+	if (!ops_addrs(skops, &e.local, &e.remote))
+		return 1;
+	e.local_port = (__u16)skops->local_port;
+	e.remote_port = (__u16)bpf_ntohl(skops->remote_port);
 
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-		active_established(skops, sk, splice);
+		active_established(skops, sk, &e, splice);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		passive_established(skops, sk, splice);
+		passive_established(skops, sk, &e, splice);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		state_changed(skops, sk);
+		state_changed(skops, sk, &e);
 		break;
 	}
 	return 1;

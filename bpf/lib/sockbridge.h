@@ -4,6 +4,11 @@
  * by its per-hook files and, through bpf2go -type, by the Go agent. Byte
  * order is stated on every address and port field.
  *
+ * Addresses of both families are one type, struct sb_addr: IPv6 as is,
+ * IPv4 as the v4-mapped IPv6 address ::ffff:a.b.c.d. An AF_INET socket and
+ * an AF_INET6 socket carrying IPv4 (v4-mapped) then give the same key for
+ * the same connection, and one code path serves both families.
+ *
  * Every map is pinned by name (LIBBPF_PIN_BY_NAME) under the agent's bpffs
  * directory so that the maps outlive an agent restart and a new agent adopts
  * them; within the one object the programs share them directly.
@@ -13,6 +18,7 @@
 
 #include <linux/bpf.h>
 #include <linux/in.h>
+#include <linux/in6.h>
 #include <linux/types.h>
 #include <stdbool.h>
 #include <bpf_endian.h>
@@ -20,6 +26,7 @@
 
 /* Not in the UAPI headers BPF C can include. */
 #define SB_AF_INET 2
+#define SB_AF_INET6 10
 #define SB_SOCK_STREAM 1
 
 #define SB_MAX_PODS 4096
@@ -32,7 +39,7 @@
  * level 2 or 3; nested kubelets such as kind add a few more). */
 #define SB_MAX_CGROUP_LEVEL 12
 #define SB_MAX_SKIP_PORTS 8
-/* Cgroups whose pod (or lack of one) connect4 remembers. */
+/* Cgroups whose pod (or lack of one) the connect hooks remember. */
 #define SB_MAX_CG_CACHE 16384
 /* Per-pod include/exclude lists, all pods together. */
 #define SB_MAX_PORT_RULES 65536
@@ -41,6 +48,13 @@
 #define SB_LOOPBACK_NET 0x7f000000 /* 127.0.0.0/8, host order */
 #define SB_PASSTHROUGH_IP 0x7f000006 /* 127.0.0.6, host order: Envoy inbound passthrough */
 #define SB_LOCALHOST_IP 0x7f000001 /* 127.0.0.1, host order */
+#define SB_PASSTHROUGH_IP6 6 /* ::6, last word in host order: Envoy's IPv6 inbound passthrough */
+
+/* An IPv4 or IPv6 address, network byte order; IPv4 is stored v4-mapped
+ * (::ffff:a.b.c.d), so that w[3] holds the IPv4 address. */
+struct sb_addr {
+	__be32 w[4];
+};
 
 /* sb_pod.flags */
 enum sb_pod_flag {
@@ -50,9 +64,9 @@ enum sb_pod_flag {
 };
 
 /* The datapath's settings, fixed at load time: one const volatile value
- * (sb_cfg in datapath.c) that Go builds from the mesh preset and flags and
- * sets through spec.Variables before loading. Zero until then: Go always
- * sets it, so the defaults live in one place (pkg/policy's presets). */
+ * (sb_cfg below) that Go builds from the mesh preset and flags and sets
+ * through spec.Variables before loading. Zero until then: Go always sets it,
+ * so the defaults live in one place (pkg/policy's presets). */
 struct sb_config {
 	__u32 proxy_uid; /* the sidecar's uid: its connections are not captured */
 	__u32 proxy_gid; /* the sidecar's gid */
@@ -90,21 +104,25 @@ struct sb_port_key {
 	__u8 pad[5];
 };
 
-/* Key of sb_cidr_excl and sb_cidr_incl (LPM tries): one outbound IPv4
- * range of one pod. prefixlen counts the 64 cgroup id bits plus the
- * range's own bits. */
+/* Key of sb_cidr_excl and sb_cidr_incl (LPM tries): one outbound range of
+ * one pod. The family word keeps the two families apart (an IPv6 range such
+ * as ::/0 never matches IPv4, as with ip6tables), and the address bits
+ * follow it: IPv4 in addr.w[0], IPv6 in all of addr. prefixlen counts the
+ * 64 cgroup id bits, the 32 family bits and the range's own bits. */
 struct sb_cidr_key {
 	__u32 prefixlen;
 	__u32 cgroup_lo; /* low half of the pod's cgroup id */
 	__u32 cgroup_hi; /* high half */
-	__u32 ip4; /* network byte order */
+	__u32 family; /* 4 or 6 */
+	struct sb_addr addr; /* network byte order; IPv4 in w[0], not mapped */
 };
 
 /* Value of sb_pods, keyed by the pod cgroup's id (__u64, the cgroup v2
  * directory's inode number). */
 struct sb_pod {
-	__u32 ip4; /* pod IPv4, network byte order; 0 when unknown (no source bind) */
+	__be32 ip4; /* pod IPv4, network byte order; 0 when unknown (no source bind) */
 	__u32 flags; /* enum sb_pod_flag */
+	struct sb_addr ip6; /* pod IPv6, network byte order; all zero when unknown */
 };
 
 /* Value of sb_cg_cache, keyed by a task's own cgroup id: the pod that
@@ -114,7 +132,8 @@ struct sb_cg_entry {
 	__u64 generation;
 };
 
-/* Value of sb_pod_ips, keyed by a pod IPv4 (__u32, network byte order). */
+/* Value of sb_pod_ips, keyed by a pod address (struct sb_addr; IPv4
+ * v4-mapped). */
 struct sb_pod_ip {
 	__u64 cgroup_id; /* key of the pod in sb_pods */
 };
@@ -124,21 +143,23 @@ enum sb_sock_flag {
 	SB_SOCK_CAPTURED = 1 << 0, /* app socket rewritten to the outbound port */
 	SB_SOCK_SHORTCUT = 1 << 1, /* sidecar socket rewritten to a local pod's inbound port */
 	SB_SOCK_ORIGDST = 1 << 2, /* accepted sidecar socket that knows its original dst */
-	SB_SOCK_PASSTHROUGH = 1 << 3, /* sidecar -> app inbound passthrough (127.0.0.6) */
+	SB_SOCK_PASSTHROUGH = 1 << 3, /* sidecar -> app inbound passthrough (127.0.0.6, ::6) */
 };
 
-/* Per-socket state in sb_sock (socket local storage, freed with the socket). */
+/* Per-socket state in sb_socks (socket local storage, freed with the
+ * socket): the original destination of a captured connection. */
 struct sb_sock {
-	__u32 ip4; /* original destination IPv4, network byte order */
-	__u16 port; /* original destination port, network byte order */
+	struct sb_addr addr; /* network byte order; IPv4 v4-mapped */
+	__be16 port; /* network byte order */
 	__u16 flags; /* enum sb_sock_flag */
+	__u32 pad;
 };
 
 /* Key of sb_tuples: a connection as its client sees it. */
 struct sb_tuple {
-	__u64 netns; /* netns cookie for loopback connections, 0 for pod IP to pod IP */
-	__u32 client_ip4; /* network byte order */
-	__u32 server_ip4; /* network byte order */
+	__u64 netns; /* netns cookie for connections with a node-local end, 0 for pod IP to pod IP */
+	struct sb_addr client; /* network byte order; IPv4 v4-mapped */
+	struct sb_addr server; /* network byte order; IPv4 v4-mapped */
 	__u16 client_port; /* host byte order */
 	__u16 server_port; /* host byte order */
 	__u32 pad;
@@ -146,9 +167,9 @@ struct sb_tuple {
 
 /* Key of sb_sockhash: a socket as it sees itself. */
 struct sb_sock_key {
-	__u64 netns; /* netns cookie when either end is in 127.0.0.0/8, else 0 */
-	__u32 local_ip4; /* network byte order */
-	__u32 remote_ip4; /* network byte order */
+	__u64 netns; /* netns cookie when either end is node-local (loopback, ::6), else 0 */
+	struct sb_addr local; /* network byte order; IPv4 v4-mapped */
+	struct sb_addr remote; /* network byte order; IPv4 v4-mapped */
 	__u16 local_port; /* host byte order */
 	__u16 remote_port; /* host byte order */
 	__u32 pad;
@@ -156,19 +177,22 @@ struct sb_sock_key {
 
 /* Indexes of sb_stats. */
 enum sb_stat {
-	SB_STAT_CAPTURED = 0, /* connect4: app connection redirected to the sidecar */
-	SB_STAT_SHORTCUT, /* connect4: sidecar connection sent to a local pod's inbound port */
-	SB_STAT_BIND_FAILED, /* connect4: could not bind the pod IP as source */
+	SB_STAT_CAPTURED = 0, /* connect4/6: app connection redirected to the sidecar */
+	SB_STAT_SHORTCUT, /* connect4/6: sidecar connection sent to a local pod's inbound port */
+	SB_STAT_BIND_FAILED, /* connect4/6: could not bind the pod IP as source */
 	SB_STAT_STORAGE_FAILED, /* socket storage could not be allocated */
 	SB_STAT_TUPLE_FAILED, /* sockops: sb_tuples full or update failed */
 	SB_STAT_ORIGDST_ANSWERED, /* getsockopt: SO_ORIGINAL_DST answered */
 	SB_STAT_ORIGDST_UNKNOWN, /* getsockopt: SO_ORIGINAL_DST asked on an unknown socket */
-	SB_STAT_PEERNAME_RESTORED, /* getpeername4: original destination returned */
+	SB_STAT_PEERNAME_RESTORED, /* getpeername4/6: original destination returned */
 	SB_STAT_SPLICE_ADDED, /* sockops: socket added to sb_sockhash */
 	SB_STAT_SPLICE_ADD_FAILED, /* sockops: sb_sockhash update failed */
 	SB_STAT_SPLICE_REDIRECTED, /* sk_msg: message redirected to the peer socket */
 	SB_STAT_SPLICE_PASSED, /* sk_msg: no peer in sb_sockhash, message sent over TCP */
-	SB_STAT_CGROUP_WALKS, /* connect4: ancestor cgroups searched (cache miss) */
+	SB_STAT_CGROUP_WALKS, /* connect4/6: ancestor cgroups searched (cache miss) */
+	SB_STAT_CAPTURED_V6, /* connect6: of captured, native IPv6 destinations */
+	SB_STAT_CAPTURED_MAPPED, /* connect6: of captured, v4-mapped destinations on AF_INET6 sockets */
+	SB_STAT_ORIGDST_FAMILY, /* getsockopt: SO_ORIGINAL_DST asked at the other family's level */
 	SB_STAT_MAX,
 };
 
@@ -180,10 +204,11 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sb_pods SEC(".maps");
 
+/* Every pod address, both families: up to one IPv4 and one IPv6 per pod. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, SB_MAX_PODS);
-	__type(key, __u32);
+	__uint(max_entries, 2 * SB_MAX_PODS);
+	__type(key, struct sb_addr);
 	__type(value, struct sb_pod_ip);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sb_pod_ips SEC(".maps");
@@ -232,7 +257,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sb_ports SEC(".maps");
 
-/* Kernel: LPM tries 4.11. */
+/* Kernel: LPM tries 4.11. Both families share each trie (see
+ * struct sb_cidr_key). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -269,6 +295,30 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sb_stats SEC(".maps");
 
+/* Loads a 32-bit field of a context or socket pointer p with one
+ * instruction at its fixed offset. Where two branches read different fields
+ * (local_ip4 or local_ip6[i], by family) into the same place, clang
+ * otherwise merges the loads into one through a computed pointer, which
+ * the verifier rejects ("dereference of modified ctx ptr"); neither
+ * volatile nor a compiler barrier stops that merge, an asm load does. */
+#define SB_LOAD_U32(p, field)                                                         \
+	({                                                                            \
+		__u32 __v;                                                            \
+		asm volatile("%0 = *(u32 *)(%1 + %2)"                                 \
+			     : "=r"(__v)                                              \
+			     : "r"(p), "i"(__builtin_offsetof(typeof(*(p)), field))); \
+		__v;                                                                  \
+	})
+
+/* Loads the IPv6 address field f (four __u32 words) of p into a. */
+#define SB_LOAD_ADDR6(a, p, f)                    \
+	do {                                      \
+		(a)->w[0] = SB_LOAD_U32(p, f[0]); \
+		(a)->w[1] = SB_LOAD_U32(p, f[1]); \
+		(a)->w[2] = SB_LOAD_U32(p, f[2]); \
+		(a)->w[3] = SB_LOAD_U32(p, f[3]); \
+	} while (0)
+
 static __always_inline void sb_count(__u32 stat)
 {
 	__u64 *v = bpf_map_lookup_elem(&sb_stats, &stat);
@@ -277,52 +327,127 @@ static __always_inline void sb_count(__u32 stat)
 		*v += 1;
 }
 
-/* ip4 in network byte order. */
-static __always_inline int sb_is_loopback(__u32 ip4)
+/* Sets a to the v4-mapped form of ip4 (network byte order). */
+static __always_inline void sb_addr_set4(struct sb_addr *a, __be32 ip4)
 {
-	return (bpf_ntohl(ip4) & 0xff000000) == SB_LOOPBACK_NET;
+	a->w[0] = 0;
+	a->w[1] = 0;
+	a->w[2] = bpf_htonl(0x0000ffff);
+	a->w[3] = ip4;
 }
 
-/* The netns part of a key: connections with a loopback end are only unique
- * within their namespace; pod IP to pod IP connections are unique on the
- * node and may cross namespaces (same-node shortcut). */
-static __always_inline int sb_needs_netns(__u32 a_ip4, __u32 b_ip4)
+/* Whether a holds an IPv4 address (v4-mapped). */
+static __always_inline bool sb_addr_is4(const struct sb_addr *a)
 {
-	return sb_is_loopback(a_ip4) || sb_is_loopback(b_ip4);
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline bool sb_addr_eq(const struct sb_addr *a, const struct sb_addr *b)
+{
+	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] && a->w[3] == b->w[3];
+}
+
+static __always_inline bool sb_addr_is_zero(const struct sb_addr *a)
+{
+	return !(a->w[0] | a->w[1] | a->w[2] | a->w[3]);
+}
+
+/* Whether a is the IPv6 address with all words zero but the last, which
+ * is last (host byte order): ::1, ::6. */
+static __always_inline bool sb_addr_is6_low(const struct sb_addr *a, __u32 last)
+{
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == 0 && a->w[3] == bpf_htonl(last);
+}
+
+/* 127.0.0.0/8 or ::1: the destinations that stay on loopback. */
+static __always_inline bool sb_addr_is_loopback(const struct sb_addr *a)
+{
+	if (sb_addr_is4(a))
+		return (bpf_ntohl(a->w[3]) & 0xff000000) == SB_LOOPBACK_NET;
+	return sb_addr_is6_low(a, 1);
+}
+
+/* Envoy's inbound passthrough source: 127.0.0.6 or ::6. */
+static __always_inline bool sb_addr_is_passthrough(const struct sb_addr *a)
+{
+	if (sb_addr_is4(a))
+		return a->w[3] == bpf_htonl(SB_PASSTHROUGH_IP);
+	return sb_addr_is6_low(a, SB_PASSTHROUGH_IP6);
+}
+
+/* Whether a connection between a and b needs the netns cookie in its key:
+ * an end that every pod has (loopback, the passthrough address ::6) is only
+ * unique within its namespace; pod IP to pod IP connections are unique on
+ * the node and may cross namespaces (same-node shortcut). */
+static __always_inline bool sb_needs_netns(const struct sb_addr *a, const struct sb_addr *b)
+{
+	return sb_addr_is_loopback(a) || sb_addr_is_loopback(b) || sb_addr_is_passthrough(a) ||
+	       sb_addr_is_passthrough(b);
 }
 
 /* The include/exclude bits of a pod's port, 0 when listed nowhere. */
 static __always_inline __u8 sb_port_policy(__u64 cgroup_id, __u16 port, __u8 dir)
 {
-	struct sb_port_key key = { .cgroup_id = cgroup_id, .port = port, .dir = dir };
-	__u8 *v = bpf_map_lookup_elem(&sb_ports, &key);
+	struct sb_port_key key = {};
+	__u8 *v;
 
+	key.cgroup_id = cgroup_id;
+	key.port = port;
+	key.dir = dir;
+	v = bpf_map_lookup_elem(&sb_ports, &key);
 	return v ? *v : 0;
 }
 
-/* Whether one of a pod's ranges in trie contains ip4 (network byte order). */
-static __always_inline int sb_cidr_match(void *trie, __u64 cgroup_id, __u32 ip4)
+/* Whether one of a pod's ranges in trie contains a. */
+static __always_inline bool sb_cidr_match(void *trie, __u64 cgroup_id, const struct sb_addr *a)
 {
-	struct sb_cidr_key key = {
-		.prefixlen = 64 + 32,
-		.cgroup_lo = (__u32)cgroup_id,
-		.cgroup_hi = (__u32)(cgroup_id >> 32),
-		.ip4 = ip4,
-	};
+	struct sb_cidr_key key = {};
 
+	key.cgroup_lo = (__u32)cgroup_id;
+	key.cgroup_hi = (__u32)(cgroup_id >> 32);
+	if (sb_addr_is4(a)) {
+		key.prefixlen = 64 + 32 + 32;
+		key.family = 4;
+		key.addr.w[0] = a->w[3];
+	} else {
+		key.prefixlen = 64 + 32 + 128;
+		key.family = 6;
+		key.addr = *a;
+	}
 	return bpf_map_lookup_elem(trie, &key) != NULL;
 }
 
-/* Whether ip4 (network byte order) belongs to a captured pod on this node. */
-static __always_inline int sb_is_captured_pod_ip(__u32 ip4)
+/* Whether a belongs to a captured pod on this node. */
+static __always_inline bool sb_is_captured_pod_ip(const struct sb_addr *a)
 {
-	struct sb_pod_ip *pi = bpf_map_lookup_elem(&sb_pod_ips, &ip4);
+	struct sb_pod_ip *pi = bpf_map_lookup_elem(&sb_pod_ips, a);
 	struct sb_pod *pod;
 
 	if (!pi)
-		return 0;
+		return false;
 	pod = bpf_map_lookup_elem(&sb_pods, &pi->cgroup_id);
 	return pod && (pod->flags & SB_POD_CAPTURE);
+}
+
+/* A socket's own addresses (struct bpf_sock: src_ip4/6, dst_ip4/6 by
+ * family), both families in the sb_addr form. Returns false for a family
+ * other than AF_INET and AF_INET6. */
+static __always_inline bool sb_sock_addrs(struct bpf_sock *sk, struct sb_addr *src,
+					  struct sb_addr *dst)
+{
+	__u32 family = sk->family;
+
+	if (family == SB_AF_INET) {
+		sb_addr_set4(src, SB_LOAD_U32(sk, src_ip4));
+		sb_addr_set4(dst, SB_LOAD_U32(sk, dst_ip4));
+		return true;
+	}
+	if (family == SB_AF_INET6) {
+		SB_LOAD_ADDR6(src, sk, src_ip6);
+		SB_LOAD_ADDR6(dst, sk, dst_ip6);
+		return true;
+	}
+	return false;
 }
 
 #endif /* SOCKBRIDGE_H */

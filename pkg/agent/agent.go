@@ -83,6 +83,9 @@ func planFor(report *probe.Report, cfg Config) (probe.Plan, error) {
 		if _, ok := report.Feature(name); !ok {
 			return probe.Plan{}, fmt.Errorf("feature %q to turn off: no such feature (`sockbridge probe` lists them)", name)
 		}
+		if err := probe.CanTurnOff(name); err != nil {
+			return probe.Plan{}, err
+		}
 	}
 	report = report.Without(cfg.DisableFeatures...)
 	if err := report.Err(); err != nil {
@@ -121,6 +124,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		log.Info("plan: " + line)
 	}
 	cfg.Datapath.Splice = plan.Splice
+	cfg.Datapath.IPv4Only = !plan.IPv6
 	cfg.Datapath.Log = log
 	dp, err := datapath.Load(cfg.Datapath)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -57,7 +58,12 @@ type Config struct {
 	// splice(2) (io.Copy between Go TCP conns, HAProxy's splice-*
 	// options) must run with it off.
 	Splice bool
-	Log    logrus.FieldLogger
+	// IPv4Only leaves out the IPv6 hooks (connect6, getpeername6). Only
+	// for a kernel without IPv6 sockets at all: where AF_INET6 sockets
+	// exist, an app could dial ::ffff:a.b.c.d or an IPv6 address past the
+	// sidecar, so the probe's plan never sets it there.
+	IPv4Only bool
+	Log      logrus.FieldLogger
 }
 
 // IstioDefaults returns Istio's ports and sidecar identity, from the istio
@@ -113,8 +119,23 @@ var hooks = []hook{
 	{"sockops", ebpf.AttachCGroupSockOps},
 	{"getsockopt", ebpf.AttachCGroupGetsockopt},
 	{"getpeername4", ebpf.AttachCgroupInet4GetPeername},
+	{"getpeername6", ebpf.AttachCgroupInet6GetPeername},
 	{"connect4", ebpf.AttachCGroupInet4Connect},
+	{"connect6", ebpf.AttachCGroupInet6Connect},
 }
+
+// HookNames names every cgroup hook the full datapath attaches a program
+// to (each has one pinned link, links/<name>).
+func HookNames() []string {
+	names := make([]string, len(hooks))
+	for i, h := range hooks {
+		names[i] = h.name
+	}
+	return names
+}
+
+// ipv6Hooks are the hooks IPv4Only leaves out.
+var ipv6Hooks = []string{"getpeername6", "connect6"}
 
 // Spec returns the datapath object's spec as compiled, for the probe to read
 // which helpers its programs call.
@@ -134,14 +155,23 @@ func programsFor(cfg Config) (attach map[string]string, keep []string) {
 		"sockops":      datapathProgSockopsTrack,
 		"getsockopt":   datapathProgGetsockoptOrigdst,
 		"getpeername4": datapathProgGetpeername4Restore,
+		"getpeername6": datapathProgGetpeername6Restore,
 		"connect4":     datapathProgConnect4Redirect,
+		"connect6":     datapathProgConnect6Redirect,
 	}
 	if cfg.Splice {
 		attach["sockops"] = datapathProgSockopsSplice
 		keep = append(keep, datapathProgSkmsgSplice)
 	}
+	if cfg.IPv4Only {
+		for _, h := range ipv6Hooks {
+			delete(attach, h)
+		}
+	}
 	for _, h := range hooks {
-		keep = append(keep, attach[h.name])
+		if name, ok := attach[h.name]; ok {
+			keep = append(keep, name)
+		}
 	}
 	return attach, keep
 }
@@ -186,6 +216,9 @@ func Load(cfg Config) (_ *Datapath, err error) {
 	if err := replaceOldLayout(cfg); err != nil {
 		return nil, err
 	}
+	if err := replaceIncompatibleMaps(cfg); err != nil {
+		return nil, err
+	}
 
 	dp := &Datapath{cfg: cfg, links: map[string]link.Link{}}
 	defer func() {
@@ -212,7 +245,13 @@ func Load(cfg Config) (_ *Datapath, err error) {
 		return nil, err
 	}
 	for _, h := range hooks {
-		name := attachProgs[h.name]
+		name, ok := attachProgs[h.name]
+		if !ok {
+			if err := detachPinned(cfg.PinDir, h.name); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		l, err := attach(cfg, cgroupID, h, name, dp.coll.Programs[name])
 		if err != nil {
 			return nil, err
@@ -385,6 +424,60 @@ func replaceOldLayout(cfg Config) error {
 		return fmt.Errorf("replace the earlier layout in %s: %w", cfg.PinDir, err)
 	}
 	return EnsurePinDir(cfg.PinDir)
+}
+
+// replaceIncompatibleMaps uninstalls a datapath whose pinned maps no
+// longer match this version's definitions (a map layout change, e.g. the
+// IPv4-only maps before the IPv6 datapath), so that this agent installs its
+// own cleanly instead of failing to load; it says so in one log line.
+// Connections opened in between are not captured: the zero-gap upgrade
+// across layout changes is the versioned pin layout's job.
+func replaceIncompatibleMaps(cfg Config) error {
+	spec, err := loadDatapath()
+	if err != nil {
+		return fmt.Errorf("load datapath spec: %w", err)
+	}
+	var stale []string
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName {
+			continue
+		}
+		m, err := ebpf.LoadPinnedMap(filepath.Join(cfg.PinDir, name), nil)
+		if err != nil {
+			continue // not pinned (yet): nothing to be incompatible with
+		}
+		if err := ms.Compatible(m); err != nil {
+			stale = append(stale, name)
+		}
+		m.Close()
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	slices.Sort(stale)
+	cfg.Log.WithField("pin_dir", cfg.PinDir).WithField("incompatible_maps", stale).
+		Warn("found a datapath pinned by a sockbridge version with another map layout: uninstalling it and installing this version's")
+	if err := Uninstall(cfg.PinDir); err != nil {
+		return fmt.Errorf("replace the datapath with incompatible maps in %s: %w", cfg.PinDir, err)
+	}
+	return EnsurePinDir(cfg.PinDir)
+}
+
+// detachPinned removes the link a previous agent pinned for a hook this
+// agent's plan leaves out.
+func detachPinned(pinDir, hookName string) error {
+	pin := filepath.Join(pinDir, linksDir, hookName)
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load pinned %s link: %w", hookName, err)
+	}
+	if err := errors.Join(l.Unpin(), l.Close()); err != nil {
+		return fmt.Errorf("detach %s: %w", hookName, err)
+	}
+	return nil
 }
 
 // Close releases the agent's handles. Pinned links keep the programs

@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type datapathSbAddr struct {
+	_ structs.HostLayout
+	W [4]uint32
+}
+
 type datapathSbCgEntry struct {
 	_           structs.HostLayout
 	PodCgroupId uint64
@@ -24,7 +29,8 @@ type datapathSbCidrKey struct {
 	Prefixlen uint32
 	CgroupLo  uint32
 	CgroupHi  uint32
-	Ip4       uint32
+	Family    uint32
+	Addr      datapathSbAddr
 }
 
 type datapathSbConfig struct {
@@ -49,6 +55,7 @@ type datapathSbPod struct {
 	_     structs.HostLayout
 	Ip4   uint32
 	Flags uint32
+	Ip6   datapathSbAddr
 }
 
 type datapathSbPodFlag uint32
@@ -81,9 +88,10 @@ type datapathSbPortKey struct {
 
 type datapathSbSock struct {
 	_     structs.HostLayout
-	Ip4   uint32
+	Addr  datapathSbAddr
 	Port  uint16
 	Flags uint16
+	Pad   uint32
 }
 
 type datapathSbSockFlag uint32
@@ -98,8 +106,8 @@ const (
 type datapathSbSockKey struct {
 	_          structs.HostLayout
 	Netns      uint64
-	LocalIp4   uint32
-	RemoteIp4  uint32
+	Local      datapathSbAddr
+	Remote     datapathSbAddr
 	LocalPort  uint16
 	RemotePort uint16
 	Pad        uint32
@@ -121,14 +129,17 @@ const (
 	datapathSbStatSB_STAT_SPLICE_REDIRECTED datapathSbStat = 10
 	datapathSbStatSB_STAT_SPLICE_PASSED     datapathSbStat = 11
 	datapathSbStatSB_STAT_CGROUP_WALKS      datapathSbStat = 12
-	datapathSbStatSB_STAT_MAX               datapathSbStat = 13
+	datapathSbStatSB_STAT_CAPTURED_V6       datapathSbStat = 13
+	datapathSbStatSB_STAT_CAPTURED_MAPPED   datapathSbStat = 14
+	datapathSbStatSB_STAT_ORIGDST_FAMILY    datapathSbStat = 15
+	datapathSbStatSB_STAT_MAX               datapathSbStat = 16
 )
 
 type datapathSbTuple struct {
 	_          structs.HostLayout
 	Netns      uint64
-	ClientIp4  uint32
-	ServerIp4  uint32
+	Client     datapathSbAddr
+	Server     datapathSbAddr
 	ClientPort uint16
 	ServerPort uint16
 	Pad        uint32
@@ -150,7 +161,9 @@ const (
 	datapathMapSbStats              = "sb_stats"
 	datapathMapSbTuples             = "sb_tuples"
 	datapathProgConnect4Redirect    = "connect4_redirect"
+	datapathProgConnect6Redirect    = "connect6_redirect"
 	datapathProgGetpeername4Restore = "getpeername4_restore"
+	datapathProgGetpeername6Restore = "getpeername6_restore"
 	datapathProgGetsockoptOrigdst   = "getsockopt_origdst"
 	datapathProgSkmsgSplice         = "skmsg_splice"
 	datapathProgSockopsSplice       = "sockops_splice"
@@ -201,7 +214,9 @@ type datapathSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
 	Connect4Redirect    *ebpf.ProgramSpec `ebpf:"connect4_redirect"`
+	Connect6Redirect    *ebpf.ProgramSpec `ebpf:"connect6_redirect"`
 	Getpeername4Restore *ebpf.ProgramSpec `ebpf:"getpeername4_restore"`
+	Getpeername6Restore *ebpf.ProgramSpec `ebpf:"getpeername6_restore"`
 	GetsockoptOrigdst   *ebpf.ProgramSpec `ebpf:"getsockopt_origdst"`
 	SkmsgSplice         *ebpf.ProgramSpec `ebpf:"skmsg_splice"`
 	SockopsSplice       *ebpf.ProgramSpec `ebpf:"sockops_splice"`
@@ -293,7 +308,9 @@ type datapathVariables struct {
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
 	Connect4Redirect    *ebpf.Program `ebpf:"connect4_redirect"`
+	Connect6Redirect    *ebpf.Program `ebpf:"connect6_redirect"`
 	Getpeername4Restore *ebpf.Program `ebpf:"getpeername4_restore"`
+	Getpeername6Restore *ebpf.Program `ebpf:"getpeername6_restore"`
 	GetsockoptOrigdst   *ebpf.Program `ebpf:"getsockopt_origdst"`
 	SkmsgSplice         *ebpf.Program `ebpf:"skmsg_splice"`
 	SockopsSplice       *ebpf.Program `ebpf:"sockops_splice"`
@@ -303,7 +320,9 @@ type datapathPrograms struct {
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
 		p.Connect4Redirect,
+		p.Connect6Redirect,
 		p.Getpeername4Restore,
+		p.Getpeername6Restore,
 		p.GetsockoptOrigdst,
 		p.SkmsgSplice,
 		p.SockopsSplice,

@@ -71,7 +71,7 @@ func listFlows(socks *ebpf.Map) ([]Flow, error) {
 			return flows, fmt.Errorf("list flows: decode sb_socks value of %d bytes: %w", len(raw), derr)
 		}
 		flows = append(flows, Flow{
-			OrigDst: netip.AddrPortFrom(netToIP4(rec.Ip4), ntohs(rec.Port)),
+			OrigDst: netip.AddrPortFrom(addrOf(rec.Addr), ntohs(rec.Port)),
 			Role:    flowRole(rec.Flags),
 			Local:   s.Local,
 			Remote:  s.Remote,

@@ -22,6 +22,9 @@ func podValue(p Pod) datapathSbPod {
 	if p.IPv4.Is4() {
 		v.Ip4 = ip4ToNet(p.IPv4)
 	}
+	if p.IPv6.Is6() && !p.IPv6.Is4In6() {
+		v.Ip6 = sbAddr(p.IPv6)
+	}
 	if p.Capture {
 		v.Flags |= uint32(datapathSbPodFlagSB_POD_CAPTURE)
 	}
@@ -34,19 +37,42 @@ func podValue(p Pod) datapathSbPod {
 	return v
 }
 
-// ip4ToNet returns a as the __u32 the kernel stores: network byte order read
-// by a little-endian machine as a native integer.
-func ip4ToNet(a netip.Addr) uint32 {
-	b := a.As4()
-	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+// podAddrs returns the addresses a pod entry indexes in sb_pod_ips.
+func podAddrs(v datapathSbPod) []datapathSbAddr {
+	var out []datapathSbAddr
+	if v.Ip4 != 0 {
+		out = append(out, sbAddr(netToIP4(v.Ip4)))
+	}
+	if v.Ip6 != (datapathSbAddr{}) {
+		out = append(out, v.Ip6)
+	}
+	return out
 }
 
-func netToIP4(v uint32) netip.Addr {
-	return netip.AddrFrom4([4]byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)})
+// cidrKey encodes one range of one pod for sb_cidr_excl or sb_cidr_incl:
+// the family word, then the address bits (IPv4 in the first word).
+func cidrKey(cgroupID uint64, pfx netip.Prefix) datapathSbCidrKey {
+	pfx = pfx.Masked()
+	k := datapathSbCidrKey{CgroupLo: uint32(cgroupID), CgroupHi: uint32(cgroupID >> 32)}
+	if pfx.Addr().Is4() {
+		k.Family = 4
+		k.Addr.W[0] = ip4ToNet(pfx.Addr())
+	} else {
+		k.Family = 6
+		k.Addr = sbAddr(pfx.Addr())
+	}
+	k.Prefixlen = 64 + 32 + uint32(pfx.Bits())
+	return k
 }
 
-// ntohs converts a port the kernel stores in network byte order.
-func ntohs(v uint16) uint16 { return v>>8 | v<<8 }
+// cidrOf is the inverse of cidrKey.
+func cidrOf(k datapathSbCidrKey) netip.Prefix {
+	bits := int(k.Prefixlen) - 64 - 32
+	if k.Family == 4 {
+		return netip.PrefixFrom(netToIP4(k.Addr.W[0]), bits)
+	}
+	return netip.PrefixFrom(addr16(k.Addr), bits)
+}
 
 // podRules are the sb_ports and sb_cidr_* entries one pod owns.
 type podRules struct {
@@ -92,40 +118,42 @@ func rulesOf(p Pod) (*podRules, error) {
 	cidrs := []struct {
 		name     string
 		prefixes []netip.Prefix
+		v6       bool
 		into     map[datapathSbCidrKey]bool
 	}{
-		{"outbound exclude ranges", p.Outbound.ExcludeCIDRs, r.excl},
-		{"outbound include ranges", p.Outbound.IncludeCIDRs, r.incl},
+		{"outbound exclude IPv4 ranges", p.Outbound.ExcludeCIDRs, false, r.excl},
+		{"outbound include IPv4 ranges", p.Outbound.IncludeCIDRs, false, r.incl},
+		{"outbound exclude IPv6 ranges", p.Outbound.ExcludeCIDRsV6, true, r.excl},
+		{"outbound include IPv6 ranges", p.Outbound.IncludeCIDRsV6, true, r.incl},
 	}
 	for _, l := range cidrs {
 		if len(l.prefixes) > policy.MaxCIDRs {
 			return nil, fmt.Errorf("pod %s: %d %s, at most %d fit", p.Name, len(l.prefixes), l.name, policy.MaxCIDRs)
 		}
 		for _, pfx := range l.prefixes {
-			if !pfx.Addr().Is4() {
-				return nil, fmt.Errorf("pod %s: %s in %s is not an IPv4 range", p.Name, pfx, l.name)
+			if pfx.Addr().Is4() == l.v6 || !pfx.IsValid() {
+				return nil, fmt.Errorf("pod %s: %s in %s is of the other family", p.Name, pfx, l.name)
 			}
-			pfx = pfx.Masked()
-			l.into[datapathSbCidrKey{
-				Prefixlen: 64 + uint32(pfx.Bits()),
-				CgroupLo:  uint32(p.CgroupID),
-				CgroupHi:  uint32(p.CgroupID >> 32),
-				Ip4:       ip4ToNet(pfx.Addr()),
-			}] = true
+			l.into[cidrKey(p.CgroupID, pfx)] = true
 		}
 	}
 	return r, nil
 }
 
 // UpsertPod adds or replaces a pod and its include/exclude lists, keeping
-// the IP index in step. New rules are written before the pod entry and
-// stale ones removed after it.
+// the IP index (both families) in step. New rules are written before the
+// pod entry and stale ones removed after it. The rule index records the new
+// rules before any is written, so a failure half-way leaves no map entry
+// the index does not know (DeletePod or the next upsert removes it).
 func (dp *Datapath) UpsertPod(p Pod) error {
 	if p.CgroupID == 0 {
 		return fmt.Errorf("upsert pod %s: cgroup id 0", p.Name)
 	}
 	if p.IPv4.IsValid() && !p.IPv4.Is4() {
 		return fmt.Errorf("upsert pod %s: %s is not an IPv4 address", p.Name, p.IPv4)
+	}
+	if p.IPv6.IsValid() && (!p.IPv6.Is6() || p.IPv6.Is4In6()) {
+		return fmt.Errorf("upsert pod %s: %s is not an IPv6 address", p.Name, p.IPv6)
 	}
 	rules, err := rulesOf(p)
 	if err != nil {
@@ -137,6 +165,7 @@ func (dp *Datapath) UpsertPod(p Pod) error {
 	if err != nil {
 		return err
 	}
+	dp.rules[p.CgroupID] = old.union(rules)
 	for k, v := range rules.ports {
 		if err := dp.maps.SbPorts.Put(k, v); err != nil {
 			return fmt.Errorf("update pod %s port %d: %w", p.Name, k.Port, err)
@@ -148,7 +177,7 @@ func (dp *Datapath) UpsertPod(p Pod) error {
 	}{{dp.maps.SbCidrExcl, rules.excl}, {dp.maps.SbCidrIncl, rules.incl}} {
 		for k := range set.keys {
 			if err := set.m.Put(k, uint8(1)); err != nil {
-				return fmt.Errorf("update pod %s range: %w", p.Name, err)
+				return fmt.Errorf("update pod %s range %s: %w", p.Name, cidrOf(k), err)
 			}
 		}
 	}
@@ -157,24 +186,29 @@ func (dp *Datapath) UpsertPod(p Pod) error {
 	var prev datapathSbPod
 	err = dp.maps.SbPods.Lookup(p.CgroupID, &prev)
 	isNew := errors.Is(err, ebpf.ErrKeyNotExist)
-	if err == nil && prev.Ip4 != 0 && prev.Ip4 != value.Ip4 {
-		if err := dp.deleteIP(prev.Ip4, p.CgroupID); err != nil {
-			return err
+	if err == nil {
+		keep := podAddrs(value)
+		for _, a := range podAddrs(prev) {
+			if !slices.Contains(keep, a) {
+				if err := dp.deleteIP(a, p.CgroupID); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	if err := dp.maps.SbPods.Put(p.CgroupID, value); err != nil {
 		return fmt.Errorf("update pod %s: %w", p.Name, err)
 	}
 	if isNew {
-		// After the pod is in sb_pods: connect4 forgets every cached
-		// "in no pod" and walks again.
+		// After the pod is in sb_pods: the connect hooks forget every
+		// cached "in no pod" and walk again.
 		if err := dp.bumpGeneration(); err != nil {
 			return fmt.Errorf("add pod %s: %w", p.Name, err)
 		}
 	}
-	if value.Ip4 != 0 {
-		if err := dp.maps.SbPodIps.Put(value.Ip4, datapathSbPodIp{CgroupId: p.CgroupID}); err != nil {
-			return fmt.Errorf("update pod %s ip %s: %w", p.Name, p.IPv4, err)
+	for _, a := range podAddrs(value) {
+		if err := dp.maps.SbPodIps.Put(a, datapathSbPodIp{CgroupId: p.CgroupID}); err != nil {
+			return fmt.Errorf("update pod %s ip %s: %w", p.Name, addrOf(a), err)
 		}
 	}
 	if err := dp.deleteStale(old, rules); err != nil {
@@ -182,6 +216,23 @@ func (dp *Datapath) UpsertPod(p Pod) error {
 	}
 	dp.rules[p.CgroupID] = rules
 	return nil
+}
+
+// union returns the rules in r or o.
+func (r *podRules) union(o *podRules) *podRules {
+	u := newPodRules()
+	for _, from := range []*podRules{r, o} {
+		for k, v := range from.ports {
+			u.ports[k] |= v
+		}
+		for k := range from.excl {
+			u.excl[k] = true
+		}
+		for k := range from.incl {
+			u.incl[k] = true
+		}
+	}
+	return u
 }
 
 // bumpGeneration invalidates connect4's cached "in no pod" answers.
@@ -287,14 +338,14 @@ func (dp *Datapath) readRules() (map[uint64]*podRules, error) {
 	return idx, nil
 }
 
-// deleteIP removes ip from the IP index if it still points at cgroupID.
-func (dp *Datapath) deleteIP(ip uint32, cgroupID uint64) error {
+// deleteIP removes a from the IP index if it still points at cgroupID.
+func (dp *Datapath) deleteIP(a datapathSbAddr, cgroupID uint64) error {
 	var cur datapathSbPodIp
-	if err := dp.maps.SbPodIps.Lookup(ip, &cur); err != nil || cur.CgroupId != cgroupID {
+	if err := dp.maps.SbPodIps.Lookup(a, &cur); err != nil || cur.CgroupId != cgroupID {
 		return nil
 	}
-	if err := ignoreNotExist(dp.maps.SbPodIps.Delete(ip)); err != nil {
-		return fmt.Errorf("delete pod ip %s: %w", netToIP4(ip), err)
+	if err := ignoreNotExist(dp.maps.SbPodIps.Delete(a)); err != nil {
+		return fmt.Errorf("delete pod ip %s: %w", addrOf(a), err)
 	}
 	return nil
 }
@@ -310,8 +361,8 @@ func (dp *Datapath) DeletePod(cgroupID uint64) error {
 	}
 	var prev datapathSbPod
 	if err := dp.maps.SbPods.Lookup(cgroupID, &prev); err == nil {
-		if prev.Ip4 != 0 {
-			if err := dp.deleteIP(prev.Ip4, cgroupID); err != nil {
+		for _, a := range podAddrs(prev) {
+			if err := dp.deleteIP(a, cgroupID); err != nil {
 				return err
 			}
 		}
@@ -345,6 +396,7 @@ func (dp *Datapath) Pods() ([]Pod, error) {
 		if v.Ip4 != 0 {
 			p.IPv4 = netToIP4(v.Ip4)
 		}
+		p.IPv6 = addrOf(v.Ip6)
 		p.Outbound.AllIPs = v.Flags&uint32(datapathSbPodFlagSB_POD_OUT_ALL_IPS) != 0
 		p.Inbound.AllPorts = v.Flags&uint32(datapathSbPodFlagSB_POD_IN_ALL_PORTS) != 0
 		if r := rules[id]; r != nil {
@@ -378,19 +430,25 @@ func (r *podRules) decode(p *Pod) {
 			}
 		}
 	}
-	prefix := func(k datapathSbCidrKey) netip.Prefix {
-		return netip.PrefixFrom(netToIP4(k.Ip4), int(k.Prefixlen)-64)
-	}
-	for k := range r.excl {
-		p.Outbound.ExcludeCIDRs = append(p.Outbound.ExcludeCIDRs, prefix(k))
-	}
-	for k := range r.incl {
-		p.Outbound.IncludeCIDRs = append(p.Outbound.IncludeCIDRs, prefix(k))
+	for _, set := range []struct {
+		keys   map[datapathSbCidrKey]bool
+		v4, v6 *[]netip.Prefix
+	}{
+		{r.excl, &p.Outbound.ExcludeCIDRs, &p.Outbound.ExcludeCIDRsV6},
+		{r.incl, &p.Outbound.IncludeCIDRs, &p.Outbound.IncludeCIDRsV6},
+	} {
+		for k := range set.keys {
+			if pfx := cidrOf(k); pfx.Addr().Is4() {
+				*set.v4 = append(*set.v4, pfx)
+			} else {
+				*set.v6 = append(*set.v6, pfx)
+			}
+		}
 	}
 	for _, l := range [][]uint16{p.Outbound.ExcludePorts, p.Outbound.IncludePorts, p.Inbound.ExcludePorts, p.Inbound.IncludePorts} {
 		slices.Sort(l)
 	}
-	for _, l := range [][]netip.Prefix{p.Outbound.ExcludeCIDRs, p.Outbound.IncludeCIDRs} {
+	for _, l := range [][]netip.Prefix{p.Outbound.ExcludeCIDRs, p.Outbound.IncludeCIDRs, p.Outbound.ExcludeCIDRsV6, p.Outbound.IncludeCIDRsV6} {
 		slices.SortFunc(l, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr())*64 + a.Bits() - b.Bits() })
 	}
 }

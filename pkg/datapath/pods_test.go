@@ -24,9 +24,10 @@ func TestRulesOfLimits(t *testing.T) {
 	}{
 		{"ok", Pod{Outbound: policy.Outbound{ExcludePorts: []uint16{1, 2}, IncludeCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/8")}}}, ""},
 		{"too many ports", Pod{Name: "ns/p", Inbound: policy.Inbound{ExcludePorts: many}}, "ns/p: 65 inbound exclude ports, at most 64"},
-		{"too many ranges", Pod{Outbound: policy.Outbound{ExcludeCIDRs: ranges}}, "65 outbound exclude ranges, at most 64"},
+		{"too many ranges", Pod{Outbound: policy.Outbound{ExcludeCIDRs: ranges}}, "65 outbound exclude IPv4 ranges, at most 64"},
 		{"port 0", Pod{Outbound: policy.Outbound{IncludePorts: []uint16{0}}}, "port 0 in outbound include ports"},
-		{"ipv6 range", Pod{Outbound: policy.Outbound{ExcludeCIDRs: []netip.Prefix{netip.MustParsePrefix("fd00::/8")}}}, "fd00::/8 in outbound exclude ranges is not an IPv4 range"},
+		{"ipv6 range in the IPv4 list", Pod{Outbound: policy.Outbound{ExcludeCIDRs: []netip.Prefix{netip.MustParsePrefix("fd00::/8")}}}, "fd00::/8 in outbound exclude IPv4 ranges is of the other family"},
+		{"ipv4 range in the IPv6 list", Pod{Outbound: policy.Outbound{IncludeCIDRsV6: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}}, "10.0.0.0/8 in outbound include IPv6 ranges is of the other family"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -39,7 +40,7 @@ func TestRulesOfLimits(t *testing.T) {
 					t.Fatalf("rules %+v", r)
 				}
 				for k := range r.incl { // masked to the network
-					if k.Prefixlen != 64+8 || netToIP4(k.Ip4) != netip.MustParseAddr("10.0.0.0") {
+					if k.Prefixlen != 64+32+8 || k.Family != 4 || netToIP4(k.Addr.W[0]) != netip.MustParseAddr("10.0.0.0") {
 						t.Errorf("range key %+v", k)
 					}
 				}
@@ -65,24 +66,45 @@ func TestIP4ByteOrder(t *testing.T) {
 	}
 }
 
-func TestForPresetMatchesIstioDefaults(t *testing.T) {
-	p, err := policy.PresetByName("istio")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c Config
-	c.ForPreset(p)
-	d := IstioDefaults()
-	if c.ProxyUID != d.ProxyUID || c.ProxyGID != d.ProxyGID || c.OutboundPort != d.OutboundPort ||
-		c.InboundPort != d.InboundPort || c.TunnelPort != d.TunnelPort || len(c.InboundSkipPorts) != len(d.InboundSkipPorts) {
-		t.Errorf("istio preset gives %+v, defaults %+v", c, d)
-	}
+func TestPresetsGiveValidConfigs(t *testing.T) {
 	for _, name := range policy.PresetNames() {
 		p, _ := policy.PresetByName(name)
+		var c Config
 		c.ForPreset(p)
 		c.CgroupPath, c.PinDir = "/x", "/y"
 		if err := c.validate(); err != nil {
 			t.Errorf("preset %s: %v", name, err)
 		}
+	}
+}
+
+// Both families share one LPM trie per list: the family word keeps an
+// IPv6 range from matching IPv4, and the round trip is exact.
+func TestCidrKeys(t *testing.T) {
+	for _, s := range []string{"10.0.0.0/8", "0.0.0.0/0", "1.2.3.4/32", "fd00::/8", "::/0", "2001:db8::1/128", "::ffff:0:0/96"} {
+		pfx := netip.MustParsePrefix(s)
+		k := cidrKey(42, pfx)
+		if got := cidrOf(k); got != pfx {
+			t.Errorf("cidrOf(cidrKey(%s)) = %s", s, got)
+		}
+		wantFamily := uint32(6)
+		if pfx.Addr().Is4() {
+			wantFamily = 4
+		}
+		if k.Family != wantFamily || k.CgroupLo != 42 || k.Prefixlen != uint32(64+32+pfx.Bits()) {
+			t.Errorf("cidrKey(%s) = %+v", s, k)
+		}
+	}
+}
+
+func TestPodValueBothFamilies(t *testing.T) {
+	p := Pod{CgroupID: 7, IPv4: netip.MustParseAddr("10.250.0.2"), IPv6: netip.MustParseAddr("fd00::2"), Capture: true}
+	v := podValue(p)
+	addrs := podAddrs(v)
+	if len(addrs) != 2 || addrOf(addrs[0]) != p.IPv4 || addrOf(addrs[1]) != p.IPv6 {
+		t.Errorf("podAddrs = %v", addrs)
+	}
+	if got := podAddrs(podValue(Pod{CgroupID: 7, IPv6: p.IPv6})); len(got) != 1 || addrOf(got[0]) != p.IPv6 {
+		t.Errorf("IPv6-only pod: %v", got)
 	}
 }

@@ -25,6 +25,8 @@ func cgroupAttachTypes() []attachType {
 	return []attachType{
 		{"cgroup/connect4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, "4.17", NeedCapture},
 		{"cgroup/getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername, "5.8", NeedCapture},
+		{"cgroup/connect6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect, "4.17", NeedIPv6},
+		{"cgroup/getpeername6", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername, "5.8", NeedIPv6},
 		{"cgroup/getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt, "5.3", NeedCapture},
 		{"cgroup/sock_ops", ebpf.SockOps, ebpf.AttachCGroupSockOps, "4.13", NeedCapture},
 	}

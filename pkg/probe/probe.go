@@ -79,7 +79,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 
 	r := &Report{SchemaVersion: SchemaVersion, KernelRelease: release}
 	cgroup2, root := probeCgroup2(opts.CgroupRoot)
-	r.Features = append(r.Features, cgroup2, probeBPFFS(opts.BPFFS), probeBTF())
+	r.Features = append(r.Features, cgroup2, probeBPFFS(opts.BPFFS), probeBTF(), probeIPv6Sockets())
 
 	var parent string
 	if cgroup2.Supported {
@@ -175,6 +175,29 @@ func probeBTF() Feature {
 	} else {
 		f.Supported = true
 		f.Detail = path
+	}
+	return finish(f)
+}
+
+// FeatureIPv6Sockets names the kernel fact whether AF_INET6 sockets exist:
+// the plan captures IPv4 only when they do not.
+const FeatureIPv6Sockets = "ipv6_sockets"
+
+// probeIPv6Sockets finds out whether the kernel has IPv6 sockets. A kernel
+// built without IPv6 (or booted with ipv6.disable=1) refuses AF_INET6 with
+// EAFNOSUPPORT; then nothing can bypass the sidecar over IPv6.
+func probeIPv6Sockets() Feature {
+	f := Feature{Name: FeatureIPv6Sockets, Kind: KindKernel, MinKernel: "2.2", NeededFor: NeedNone}
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	switch {
+	case err == nil:
+		unix.Close(fd)
+		f.Supported = true
+		f.Detail = "AF_INET6 sockets exist: the IPv6 hooks are essential"
+	case errors.Is(err, unix.EAFNOSUPPORT):
+		f.Error, f.Cause = "socket(AF_INET6): "+err.Error(), CauseKernelConfig
+	default:
+		f.Error, f.Cause = "socket(AF_INET6): "+err.Error(), CauseProbeFailed
 	}
 	return finish(f)
 }

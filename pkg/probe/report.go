@@ -39,6 +39,12 @@ const (
 	// NeedSplice features enable socket splicing (sockhash + sk_msg);
 	// without one the agent runs with splicing off.
 	NeedSplice Need = "splice"
+	// NeedIPv6 features capture AF_INET6 sockets (IPv6 destinations and
+	// IPv4 dialled as ::ffff:a.b.c.d). Where the kernel has IPv6 sockets
+	// they are essential, since without them an app's traffic could
+	// bypass the sidecar; on a kernel without IPv6 (feature ipv6_sockets
+	// unsupported) the agent captures IPv4 only.
+	NeedIPv6 Need = "ipv6"
 	// NeedNone features are reported for information only.
 	NeedNone Need = "none"
 )
@@ -89,6 +95,10 @@ type Plan struct {
 	// Splice is true when capture is on and socket splicing (sockhash +
 	// sk_msg) is present and passed its self-test.
 	Splice bool `json:"splice"`
+	// IPv6 is true when capture is on and covers AF_INET6 sockets; false
+	// with capture on only on a kernel without IPv6 sockets (IPv4 only,
+	// nothing can bypass).
+	IPv6 bool `json:"ipv6"`
 	// Reasons explains each part that is off, one line each, e.g.
 	// "splice: off because selftest/splice failed: ...".
 	Reasons []string `json:"reasons"`
@@ -128,16 +138,44 @@ func (r *Report) missing(need Need) []Feature {
 	return out
 }
 
+// blocking returns the missing features that keep capture off: every
+// essential one, and the IPv6 ones when the kernel has IPv6 sockets (an
+// app's AF_INET6 socket would otherwise bypass the sidecar). ipv6Blocks
+// says whether the IPv6 ones are among them.
+func (r *Report) blocking() (missing []Feature, ipv6Blocks bool) {
+	missing = r.Missing()
+	if v6 := r.missing(NeedIPv6); len(v6) > 0 && r.hasIPv6() {
+		missing = append(missing, v6...)
+		ipv6Blocks = true
+	}
+	return missing, ipv6Blocks
+}
+
+// hasIPv6 is false only when the probe found the kernel without IPv6
+// sockets.
+func (r *Report) hasIPv6() bool {
+	f, ok := r.Feature(FeatureIPv6Sockets)
+	return !ok || f.Supported
+}
+
 // Plan derives what the agent enables from the features.
 func (r *Report) Plan() Plan {
 	p := Plan{Reasons: []string{}}
-	if missing := r.Missing(); len(missing) > 0 {
+	if missing, ipv6Blocks := r.blocking(); len(missing) > 0 {
 		p.Reasons = append(p.Reasons,
 			"capture: off because "+describe(missing),
 			"splice: off because capture is off")
+		if ipv6Blocks {
+			p.Reasons = append(p.Reasons, "ipv6: the kernel has IPv6 sockets, so capturing IPv4 alone would let them bypass the sidecar")
+		}
 		return p
 	}
 	p.Capture = true
+	if r.hasIPv6() {
+		p.IPv6 = true
+	} else {
+		p.Reasons = append(p.Reasons, "ipv6: off because the kernel has no IPv6 sockets (nothing to capture, nothing can bypass)")
+	}
 	if missing := r.missing(NeedSplice); len(missing) > 0 {
 		p.Reasons = append(p.Reasons, "splice: off because "+describe(missing))
 		return p
@@ -153,6 +191,9 @@ func (p Plan) Lines() []string {
 	if p.Capture {
 		lines = append(lines, "capture: on")
 	}
+	if p.IPv6 {
+		lines = append(lines, "ipv6: on")
+	}
 	if p.Splice {
 		lines = append(lines, "splice: on")
 	}
@@ -164,7 +205,7 @@ func (p Plan) Lines() []string {
 // instead of a verifier dump. It says "sockbridge needs Linux X or later"
 // only when a missing feature's cause is the kernel's age.
 func (r *Report) Err() error {
-	missing := r.Missing()
+	missing, ipv6Blocks := r.blocking()
 	if len(missing) == 0 {
 		return nil
 	}
@@ -178,7 +219,21 @@ func (r *Report) Err() error {
 	if v := maxKernel(old); v != "" && older(r.KernelRelease, v) {
 		msg += fmt.Sprintf("; sockbridge needs Linux %s or later", v)
 	}
+	if ipv6Blocks {
+		msg += " (the kernel has IPv6 sockets: capturing IPv4 alone would let them bypass the sidecar)"
+	}
 	return errors.New(msg)
+}
+
+// CanTurnOff says whether a feature may be forced off in the agent
+// (--disable-feature). The kernel facts the plan's safety rests on may not:
+// "no IPv6 sockets" on a kernel that has them would let AF_INET6 sockets
+// bypass the sidecar.
+func CanTurnOff(name string) error {
+	if name == FeatureIPv6Sockets {
+		return fmt.Errorf("%s is a fact about the kernel, not a feature to turn off: reporting it missing would leave AF_INET6 sockets uncaptured", name)
+	}
+	return nil
 }
 
 // Without returns a copy of the report with the named features marked

@@ -26,6 +26,7 @@ func allSupported() *Report {
 	add(Feature{Name: "cgroup2", Kind: KindKernel, MinKernel: "4.5", NeededFor: NeedCapture})
 	add(Feature{Name: "bpffs", Kind: KindKernel, MinKernel: "4.4", NeededFor: NeedCapture})
 	add(Feature{Name: "btf", Kind: KindKernel, MinKernel: "5.4", NeededFor: NeedNone})
+	add(Feature{Name: FeatureIPv6Sockets, Kind: KindKernel, MinKernel: "2.2", NeededFor: NeedNone})
 	for _, p := range progTypes() {
 		add(Feature{Name: p.name, Kind: KindProgramType, MinKernel: p.minKernel, NeededFor: p.need})
 	}
@@ -161,9 +162,18 @@ func TestPlanLines(t *testing.T) {
 		report *Report
 		want   []string
 	}{
-		{allSupported(), []string{"capture: on", "splice: on"}},
-		{allSupported().Without("sk_msg"), []string{"capture: on", "splice: off because sk_msg program type turned off on request"}},
+		{allSupported(), []string{"capture: on", "ipv6: on", "splice: on"}},
+		{allSupported().Without("sk_msg"), []string{"capture: on", "ipv6: on", "splice: off because sk_msg program type turned off on request"}},
 		{allSupported().Without("sock_ops"), []string{"capture: off because sock_ops program type turned off on request", "splice: off because capture is off"}},
+		// Where AF_INET6 sockets exist, capturing IPv4 alone would let
+		// them bypass the sidecar: refused.
+		{allSupported().Without("cgroup/connect6"), []string{
+			"capture: off because cgroup/connect6 attach type turned off on request",
+			"splice: off because capture is off",
+			"ipv6: the kernel has IPv6 sockets, so capturing IPv4 alone would let them bypass the sidecar"}},
+		// A kernel without IPv6 sockets: IPv4 only, said in the plan.
+		{allSupported().Without(FeatureIPv6Sockets, "cgroup/connect6", "cgroup/getpeername6"), []string{
+			"capture: on", "splice: on", "ipv6: off because the kernel has no IPv6 sockets (nothing to capture, nothing can bypass)"}},
 	}
 	for _, tt := range tests {
 		if got := tt.report.Plan().Lines(); !slices.Equal(got, tt.want) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/bpfobj"
+	"github.com/sockbridge/sockbridge/pkg/datapath"
 )
 
 // The agent binary installs the datapath from a pod file; the datapath
@@ -58,12 +59,13 @@ func TestAgentRestartAndUninstall(t *testing.T) {
 	if !agent.WaitOutput("pods synced", 10*time.Second) {
 		t.Fatalf("restarted agent did not sync pods:\n%s", agent.Output())
 	}
-	if n := strings.Count(agent.Output(), "adopted pinned link"); n != 4 {
-		t.Errorf("restarted agent adopted %d links, want 4:\n%s", n, agent.Output())
+	hooks := len(datapath.HookNames()) // connect4/6, getpeername4/6, getsockopt, sockops
+	if n := strings.Count(agent.Output(), "adopted pinned link"); n != hooks {
+		t.Errorf("restarted agent adopted %d links, want %d:\n%s", n, hooks, agent.Output())
 	}
 	progs := attachedPrograms(t, e.cgroup)
-	if len(progs) != 4 {
-		t.Errorf("%d programs attached to the test cgroup after a restart, want 4: %v", len(progs), progs)
+	if len(progs) != hooks {
+		t.Errorf("%d programs attached to the test cgroup after a restart, want %d: %v", len(progs), hooks, progs)
 	}
 	captures(3)
 
