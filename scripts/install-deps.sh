@@ -7,6 +7,7 @@ packages=(
 	bpftool                                     # tests check what is attached
 	iproute2 util-linux procps                  # ip netns, nsenter, sysctl
 	haproxy                                     # the sidecar stand-in
+	shadowsocks-libev                           # the IPv6 sidecar stand-in (ss-redir reads SOL_IPV6 SO_ORIGINAL_DST)
 	iptables conntrack                          # the iptables baseline, conntrack counts
 	etcd-server                                 # the controller's end-to-end tests
 	linux-perf                                  # benchmark profiling

@@ -12,10 +12,17 @@ type ConntrackWatch struct {
 	p *Proc
 }
 
-// WatchConntrack starts counting NEW events in ns.
+// WatchConntrack starts counting NEW IPv4 events in ns.
 func WatchConntrack(t TB, ns *Netns) *ConntrackWatch {
 	t.Helper()
-	p := Start(t, ProcSpec{Netns: ns, Args: []string{"conntrack", "-E", "-e", "NEW", "-p", "tcp"}})
+	return WatchConntrackFamily(t, ns, "ipv4")
+}
+
+// WatchConntrackFamily starts counting NEW events of one family ("ipv4"
+// or "ipv6": conntrack -E reports one family at a time) in ns.
+func WatchConntrackFamily(t TB, ns *Netns, family string) *ConntrackWatch {
+	t.Helper()
+	p := Start(t, ProcSpec{Netns: ns, Args: []string{"conntrack", "-E", "-e", "NEW", "-p", "tcp", "-f", family}})
 	// conntrack prints nothing when subscribed; give it time to bind.
 	time.Sleep(300 * time.Millisecond)
 	if done, err := p.Exited(); done {

@@ -9,8 +9,11 @@ import (
 // Netns is a named network namespace created with `ip netns add`.
 type Netns struct {
 	Name string
-	// Addr is the namespace's address on the test network, if any.
-	Addr netip.Addr
+	// Addr is the namespace's first address on the test network, if any;
+	// Addrs all of them (an IPv4 and an IPv6 address for a dual-stack
+	// host).
+	Addr  netip.Addr
+	Addrs []netip.Addr
 }
 
 // Path is the namespace's bind mount, for nsenter --net.
@@ -65,20 +68,49 @@ func NewNetwork(t TB, prefix string, subnet netip.Prefix) *Network {
 	return &Network{t: t, prefix: prefix, node: node, bits: subnet.Bits()}
 }
 
-// AddHost creates namespace <prefix>-<name> with address addr on the
-// network. The veth pair lives and dies with the two namespaces.
-func (nw *Network) AddHost(name string, addr netip.Addr) *Netns {
+// TestNet6 is the IPv6 range of the test networks: a unique local
+// prefix, only ever configured inside namespaces the tests create.
+var TestNet6 = netip.MustParsePrefix("fd00:250::/64")
+
+// AddHost creates namespace <prefix>-<name> with the given addresses on the
+// network: IPv4 ones in the network's subnet, IPv6 ones in TestNet6 (added
+// without duplicate address detection, so they are usable at once). The
+// veth pair lives and dies with the two namespaces.
+func (nw *Network) AddHost(name string, addrs ...netip.Addr) *Netns {
 	nw.t.Helper()
 	nw.n++
 	ns := NewNetns(nw.t, nw.prefix+"-"+name)
-	ns.Addr = addr
+	if len(addrs) > 0 {
+		ns.Addr = addrs[0]
+	}
+	ns.Addrs = addrs
 	peer := fmt.Sprintf("h%d", nw.n)
 	// Created inside the node namespace, then one end moved into the host.
 	nw.node.Exec(nw.t, "ip", "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", ns.Name)
 	nw.node.Exec(nw.t, "ip", "link", "set", peer, "master", "br0", "up")
-	ns.Exec(nw.t, "ip", "addr", "add", fmt.Sprintf("%s/%d", addr, nw.bits), "dev", "eth0")
+	for _, addr := range addrs {
+		if addr.Is4() {
+			ns.Exec(nw.t, "ip", "addr", "add", fmt.Sprintf("%s/%d", addr, nw.bits), "dev", "eth0")
+			continue
+		}
+		if !TestNet6.Contains(addr) {
+			nw.t.Fatalf("test address %s is outside %s", addr, TestNet6)
+		}
+		ns.Exec(nw.t, "ip", "-6", "addr", "add", fmt.Sprintf("%s/%d", addr, TestNet6.Bits()), "dev", "eth0", "nodad")
+	}
 	ns.Exec(nw.t, "ip", "link", "set", "eth0", "up")
 	return ns
+}
+
+// AddLocalAddr adds addr (e.g. ::6, Envoy's IPv6 inbound passthrough
+// source, which istio-iptables' setup adds) to the namespace's loopback.
+func (n *Netns) AddLocalAddr(t TB, addr netip.Addr) {
+	t.Helper()
+	if addr.Is4() {
+		n.Exec(t, "ip", "addr", "add", addr.String()+"/32", "dev", "lo")
+		return
+	}
+	n.Exec(t, "ip", "-6", "addr", "add", addr.String()+"/128", "dev", "lo", "nodad")
 }
 
 // Prefix is the name prefix of every namespace of the network.

@@ -430,7 +430,7 @@ func (c *Controller) apply(key string, uid types.UID, p policy.Pod) error {
 	c.applied[key] = entry{uid: uid, pod: p}
 	c.observeLocked(key)
 	c.log.WithFields(logrus.Fields{
-		"pod": key, "cgroup_id": p.CgroupID, "ipv4": p.IPv4, "capture": p.Capture,
+		"pod": key, "cgroup_id": p.CgroupID, "ipv4": p.IPv4, "ipv6": p.IPv6, "capture": p.Capture,
 	}).Debug("pod applied")
 	return nil
 }

@@ -5,14 +5,16 @@
 //
 //	{"pods": [
 //	  {"name": "default/app", "cgroup": "kubepods/burstable/pod<uid>", "ip": "10.250.0.2"},
+//	  {"name": "default/dual", "cgroup": "kubepods/pod<uid>", "ips": ["10.250.0.4", "fd00:250::4"]},
 //	  {"name": "default/off", "cgroup": "/sys/fs/cgroup/x", "ip": "10.250.0.3", "capture": false}
 //	]}
 //
 // "cgroup" is the pod-level cgroup, absolute or relative to the cgroup v2
-// root; "ip" is optional (without it captured connections keep the source
-// address the kernel picks); "capture" defaults to true. A listed pod gets
-// the policy of a meshed pod without annotations: every outbound
-// destination, every inbound port.
+// root; "ip" (one address) or "ips" (at most one per family, like
+// status.podIPs) are optional: without an address of a family, captured
+// connections of that family keep the source address the kernel picks;
+// "capture" defaults to true. A listed pod gets the policy of a meshed pod
+// without annotations: every outbound destination, every inbound port.
 package podfile
 
 import (
@@ -24,16 +26,16 @@ import (
 	"os"
 
 	"github.com/sockbridge/sockbridge/pkg/cgroups"
-	"github.com/sockbridge/sockbridge/pkg/datapath"
 	"github.com/sockbridge/sockbridge/pkg/policy"
 )
 
 // Entry is one pod in the file.
 type Entry struct {
-	Name    string `json:"name"`
-	Cgroup  string `json:"cgroup"`
-	IP      string `json:"ip,omitempty"`
-	Capture *bool  `json:"capture,omitempty"`
+	Name    string   `json:"name"`
+	Cgroup  string   `json:"cgroup"`
+	IP      string   `json:"ip,omitempty"`
+	IPs     []string `json:"ips,omitempty"`
+	Capture *bool    `json:"capture,omitempty"`
 }
 
 // File is the whole file.
@@ -47,7 +49,7 @@ func Parse(data []byte) (*File, error) {
 	dec.DisallowUnknownFields()
 	var f File
 	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("decode pod file: %w (want {\"pods\": [{\"name\", \"cgroup\", \"ip\", \"capture\"}]})", err)
+		return nil, fmt.Errorf("decode pod file: %w (want {\"pods\": [{\"name\", \"cgroup\", \"ip\" or \"ips\", \"capture\"}]})", err)
 	}
 	return &f, nil
 }
@@ -68,9 +70,9 @@ func Read(path string) (*File, error) {
 // Resolve turns entries into datapath pods, looking up each cgroup's id
 // below cgroupRoot. A bad entry is reported in the error and left out; the
 // good ones are returned all the same.
-func (f *File) Resolve(cgroupRoot string) ([]datapath.Pod, error) {
+func (f *File) Resolve(cgroupRoot string) ([]policy.Pod, error) {
 	var (
-		pods []datapath.Pod
+		pods []policy.Pod
 		errs []error
 	)
 	for i, e := range f.Pods {
@@ -88,22 +90,39 @@ func (f *File) Resolve(cgroupRoot string) ([]datapath.Pod, error) {
 	return pods, errors.Join(errs...)
 }
 
-func (e Entry) resolve(root string) (datapath.Pod, error) {
+func (e Entry) resolve(root string) (policy.Pod, error) {
 	if e.Cgroup == "" {
-		return datapath.Pod{}, errors.New(`"cgroup" is empty (want the pod cgroup's path)`)
+		return policy.Pod{}, errors.New(`"cgroup" is empty (want the pod cgroup's path)`)
 	}
 	id, err := cgroups.ID(cgroups.Resolve(root, e.Cgroup))
 	if err != nil {
-		return datapath.Pod{}, err
+		return policy.Pod{}, err
 	}
-	p := datapath.Pod{Name: e.Name, CgroupID: id, Capture: e.Capture == nil || *e.Capture}
+	p := policy.Pod{Name: e.Name, CgroupID: id, Capture: e.Capture == nil || *e.Capture}
 	p.Outbound, p.Inbound = policy.CaptureAll()
+	return e.addresses(p)
+}
+
+// addresses sets p's IPv4 and IPv6 from "ip" and "ips".
+func (e Entry) addresses(p policy.Pod) (policy.Pod, error) {
+	ips := e.IPs
 	if e.IP != "" {
-		ip, err := netip.ParseAddr(e.IP)
-		if err != nil || !ip.Is4() {
-			return datapath.Pod{}, fmt.Errorf("ip %q is not an IPv4 address", e.IP)
+		ips = append([]string{e.IP}, ips...)
+	}
+	for _, s := range ips {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return policy.Pod{}, fmt.Errorf("ip %q is not an IP address", s)
 		}
-		p.IPv4 = ip
+		ip = ip.Unmap()
+		slot, family := &p.IPv4, "IPv4"
+		if ip.Is6() {
+			slot, family = &p.IPv6, "IPv6"
+		}
+		if slot.IsValid() {
+			return policy.Pod{}, fmt.Errorf("ips %q: two %s addresses (at most one per family)", ips, family)
+		}
+		*slot = ip
 	}
 	return p, nil
 }

@@ -1,8 +1,11 @@
 package podfile
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/sockbridge/sockbridge/pkg/policy"
 )
 
 func TestParse(t *testing.T) {
@@ -39,6 +42,7 @@ func TestResolveKeepsGoodEntries(t *testing.T) {
 	f := &File{Pods: []Entry{
 		{Name: "no-cgroup"},
 		{Name: "bad-ip", Cgroup: "x", IP: "nope"},
+		{Name: "two-v4", Cgroup: "x", IPs: []string{"10.0.0.1", "10.0.0.2"}},
 		{Name: "not-cgroup2", Cgroup: root},
 	}}
 	pods, err := f.Resolve(root)
@@ -50,4 +54,48 @@ func TestResolveKeepsGoodEntries(t *testing.T) {
 			t.Errorf("error %v does not mention %q", err, want)
 		}
 	}
+}
+
+func TestEntryAddresses(t *testing.T) {
+	tests := []struct {
+		name   string
+		e      Entry
+		v4, v6 string
+		err    string
+	}{
+		{"ipv4", Entry{IP: "10.250.0.2"}, "10.250.0.2", "", ""},
+		{"ipv6 only", Entry{IP: "fd00:250::2"}, "", "fd00:250::2", ""},
+		{"dual stack", Entry{IPs: []string{"10.250.0.2", "fd00:250::2"}}, "10.250.0.2", "fd00:250::2", ""},
+		{"ip and ips", Entry{IP: "fd00:250::2", IPs: []string{"10.250.0.2"}}, "10.250.0.2", "fd00:250::2", ""},
+		{"v4-mapped is IPv4", Entry{IP: "::ffff:10.250.0.2"}, "10.250.0.2", "", ""},
+		{"two IPv6", Entry{IPs: []string{"fd00::1", "fd00::2"}}, "", "", "two IPv6 addresses"},
+		{"garbage", Entry{IPs: []string{"10.0.0.300"}}, "", "", `"10.0.0.300" is not an IP address`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := tt.e.addresses(policy.Pod{})
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err = %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := addrString(p.IPv4); got != tt.v4 {
+				t.Errorf("IPv4 = %q, want %q", got, tt.v4)
+			}
+			if got := addrString(p.IPv6); got != tt.v6 {
+				t.Errorf("IPv6 = %q, want %q", got, tt.v6)
+			}
+		})
+	}
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }

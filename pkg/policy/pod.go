@@ -20,7 +20,9 @@ type Pod struct {
 	// IPv4 is the pod's IPv4 address; the zero Addr when not yet known,
 	// in which case captured connections keep the source the kernel picks.
 	IPv4 netip.Addr `json:"ipv4"`
-	// IPv6 is kept for the IPv6 datapath; not applied yet.
+	// IPv6 is the pod's IPv6 address; the zero Addr when it has none. The
+	// datapath binds it as the source of captured IPv6 connections and
+	// finds the pod by it for the same-node shortcut.
 	IPv6 netip.Addr `json:"ipv6,omitzero"`
 	// Capture turns interception on. A pod with Capture false is known to
 	// the datapath but none of its traffic is redirected.
@@ -48,7 +50,7 @@ type Outbound struct {
 	ExcludePorts []uint16 `json:"exclude_ports,omitempty"`
 	// IncludeCIDRsV6 and ExcludeCIDRsV6 hold the IPv6 entries of the same
 	// annotations, split off as istio-iptables splits them for ip6tables
-	// (separateV4V6). Kept for the IPv6 datapath; not applied yet.
+	// (separateV4V6), and apply to IPv6 destinations only.
 	IncludeCIDRsV6 []netip.Prefix `json:"include_cidrs_v6,omitempty"`
 	ExcludeCIDRsV6 []netip.Prefix `json:"exclude_cidrs_v6,omitempty"`
 }

@@ -100,6 +100,13 @@ func newEnvWith(t *testing.T, edit func(*datapath.Config)) *env {
 // run the agent binary.
 func newBareEnv(t *testing.T) *env {
 	t.Helper()
+	return newBareEnvFamilies(t, false)
+}
+
+// newBareEnvFamilies is newBareEnv; with ipv6 the server host is
+// dual-stack (serverIP and serverIP6) and its servers listen on [::].
+func newBareEnvFamilies(t *testing.T, ipv6 bool) *env {
+	t.Helper()
 	testutil.RequirePrivileged(t, "haproxy", "bpftool", "ss", "sysctl")
 	e := &env{t: t, dir: t.TempDir()}
 	e.cgroup = testutil.TestCgroup(t)
@@ -111,8 +118,14 @@ func newBareEnv(t *testing.T) *env {
 		}
 	})
 	e.net = testutil.NewNetwork(t, "sbt"+suffix[:5], subnet)
-	e.server = e.net.AddHost("srv", serverIP)
-	testutil.Start(t, testutil.ProcSpec{Netns: e.server, Args: []string{bin.sbpeer, "serve", "-listen", fmt.Sprintf("0.0.0.0:%d", serverPort)}})
+	listen := fmt.Sprintf("0.0.0.0:%d", serverPort)
+	if ipv6 {
+		e.server = e.net.AddHost("srv", serverIP, serverIP6)
+		listen = fmt.Sprintf("[::]:%d", serverPort)
+	} else {
+		e.server = e.net.AddHost("srv", serverIP)
+	}
+	testutil.Start(t, testutil.ProcSpec{Netns: e.server, Args: []string{bin.sbpeer, "serve", "-listen", listen}})
 	testutil.WaitListening(t, e.server, serverPort)
 
 	e.cfg = datapath.IstioDefaults()

@@ -77,7 +77,7 @@ func reqresp(args []string) error {
 	if *size < 8 || *limit < 1 {
 		return fmt.Errorf("need -size >= 8 and -n >= 1")
 	}
-	c, err := net.DialTimeout("tcp4", *addr, 5*time.Second)
+	c, err := dial(*addr, "", 5*time.Second)
 	if err != nil {
 		return err
 	}
@@ -156,7 +156,7 @@ func bulk(args []string) error {
 	size := fs.Int64("bytes", 1<<30, "bytes to upload")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long")
 	fs.Parse(args)
-	c, err := net.DialTimeout("tcp4", *addr, 5*time.Second)
+	c, err := dial(*addr, "", 5*time.Second)
 	if err != nil {
 		return err
 	}

@@ -85,7 +85,7 @@ func serve(args []string) error {
 // acceptLoop listens on addr, says so on stdout and serves each connection
 // in its own goroutine, closing it when handle returns.
 func acceptLoop(addr string, handle func(net.Conn)) error {
-	ln, err := net.Listen("tcp4", addr)
+	ln, err := net.Listen(listenNetwork(addr), addr)
 	if err != nil {
 		return err
 	}
@@ -184,9 +184,10 @@ func roundtrip(args []string) error {
 	fs := flag.NewFlagSet("roundtrip", flag.ExitOnError)
 	addr := fs.String("addr", "", "server address")
 	size := fs.Int("bytes", 1<<20, "payload size")
+	halfClose := fs.Bool("halfclose", true, "half-close after sending; false reads the echo by length (for sidecars that close both ways on EOF, such as shadowsocks)")
 	fs.Parse(args)
 	start := time.Now()
-	c, err := net.DialTimeout("tcp4", *addr, 5*time.Second)
+	c, err := dial(*addr, "", 5*time.Second)
 	if err != nil {
 		return err
 	}
@@ -196,7 +197,7 @@ func roundtrip(args []string) error {
 	if err != nil {
 		return err
 	}
-	res := roundtripResult{Getpeername: c.RemoteAddr().String(), Getsockname: c.LocalAddr().String(), Bytes: *size}
+	res := roundtripResult{Getpeername: peerName(c), Getsockname: sockName(c), Bytes: *size}
 	res.ServerSawPeer, res.ServerLocal = parseHello(line)
 
 	payload := make([]byte, *size)
@@ -212,6 +213,10 @@ func roundtrip(args []string) error {
 				errc <- err
 				return
 			}
+		}
+		if !*halfClose {
+			errc <- nil
+			return
 		}
 		errc <- c.(*net.TCPConn).CloseWrite()
 	}()
@@ -296,7 +301,7 @@ func conns(args []string) error {
 
 func oneConn(addr string) (time.Duration, error) {
 	start := time.Now()
-	c, err := net.DialTimeout("tcp4", addr, 5*time.Second)
+	c, err := dial(addr, "", 5*time.Second)
 	if err != nil {
 		return 0, err
 	}
@@ -323,7 +328,7 @@ func hold(args []string) error {
 	addr := fs.String("addr", "", "server address")
 	d := fs.Duration("for", 30*time.Second, "how long to keep the connection")
 	fs.Parse(args)
-	c, err := net.DialTimeout("tcp4", *addr, 5*time.Second)
+	c, err := dial(*addr, "", 5*time.Second)
 	if err != nil {
 		return err
 	}
@@ -356,7 +361,7 @@ func sockopts(args []string) error {
 	fs := flag.NewFlagSet("sockopts", flag.ExitOnError)
 	addr := fs.String("addr", "", "server address")
 	fs.Parse(args)
-	c, err := net.DialTimeout("tcp4", *addr, 5*time.Second)
+	c, err := dial(*addr, "", 5*time.Second)
 	if err != nil {
 		return err
 	}
@@ -368,7 +373,7 @@ func sockopts(args []string) error {
 	if err != nil {
 		return err
 	}
-	res := sockoptsResult{Getpeername: c.RemoteAddr().String(), Opts: map[string]optResult{}}
+	res := sockoptsResult{Getpeername: peerName(c), Opts: map[string]optResult{}}
 	calls := []struct {
 		name       string
 		level, opt int

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -28,23 +27,11 @@ func stream(args []string) error {
 	chunk := fs.Int("chunk", 256<<10, "bytes per write")
 	pause := fs.Duration("pause", 0, "wait after connecting, before sending")
 	timeout := fs.Duration("timeout", 60*time.Second, "give up after")
+	halfClose := fs.Bool("halfclose", true, "half-close after sending and read the echo to EOF; false reads it by length (for sidecars that close both ways on EOF, such as shadowsocks)")
 	fs.Parse(args)
 
-	d := net.Dialer{Timeout: 5 * time.Second}
-	if *bind != "" {
-		la, err := net.ResolveTCPAddr("tcp4", *bind)
-		if err != nil {
-			return err
-		}
-		d.LocalAddr = la
-		d.Control = func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) })
-			return serr
-		}
-	}
 	start := time.Now()
-	c, err := d.Dial("tcp4", *addr)
+	c, err := dial(*addr, *bind, 5*time.Second)
 	if err != nil {
 		return err
 	}
@@ -54,7 +41,7 @@ func stream(args []string) error {
 	if err != nil {
 		return err
 	}
-	res := roundtripResult{Getpeername: c.RemoteAddr().String(), Getsockname: c.LocalAddr().String(), Bytes: *size}
+	res := roundtripResult{Getpeername: peerName(c), Getsockname: sockName(c), Bytes: *size}
 	res.ServerSawPeer, res.ServerLocal = parseHello(line)
 	time.Sleep(*pause)
 
@@ -71,10 +58,19 @@ func stream(args []string) error {
 				return
 			}
 		}
+		if !*halfClose {
+			errc <- nil
+			return
+		}
 		errc <- c.(*net.TCPConn).CloseWrite()
 	}()
 	h := sha256.New()
-	got, err := io.Copy(h, c)
+	var got int64
+	if *halfClose {
+		got, err = io.Copy(h, c)
+	} else {
+		got, err = io.CopyN(h, c, int64(*size))
+	}
 	if err != nil {
 		return fmt.Errorf("read after %d bytes: %w", got, err)
 	}
@@ -103,7 +99,7 @@ func reset(args []string) error {
 	timeout := fs.Duration("timeout", 20*time.Second, "give up after")
 	fs.Parse(args)
 	start := time.Now()
-	c, err := net.DialTimeout("tcp4", *addr, 5*time.Second)
+	c, err := dial(*addr, "", 5*time.Second)
 	if err != nil {
 		return err
 	}
