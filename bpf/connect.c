@@ -73,17 +73,6 @@ static __always_inline bool is_proxy(void)
 	return (__u32)ugid == sb_cfg.proxy_uid || (__u32)(ugid >> 32) == sb_cfg.proxy_gid;
 }
 
-static __always_inline bool skip_inbound_port(__u16 port)
-{
-	int i;
-
-	for (i = 0; i < SB_MAX_SKIP_PORTS; i++) {
-		if (sb_cfg.inbound_skip_ports[i] && sb_cfg.inbound_skip_ports[i] == port)
-			return true;
-	}
-	return false;
-}
-
 /* The destination of a connect(): user_ip4 or user_ip6 by hook. */
 static __always_inline void dest_of(struct bpf_sock_addr *ctx, struct sb_addr *dst, const bool v6)
 {
@@ -128,21 +117,6 @@ static __always_inline int remember(struct bpf_sock_addr *ctx, const struct sb_a
 	return 0;
 }
 
-/* Whether the destination pod's inbound capture takes port, as its
- * ISTIO_INBOUND chain would decide on arrival: never-captured ports and
- * excluded ports first, then every port or the included ones. */
-static __always_inline bool inbound_captured(struct sb_pod *pod, __u64 cgroup_id, __u16 port)
-{
-	__u8 action;
-
-	if (skip_inbound_port(port))
-		return false;
-	action = sb_port_policy(cgroup_id, port, SB_DIR_INBOUND);
-	if (action & SB_PORT_EXCLUDE)
-		return false;
-	return (pod->flags & SB_POD_IN_ALL_PORTS) || (action & SB_PORT_INCLUDE);
-}
-
 /* A sidecar connection to a meshed pod on this node goes to that pod's
  * inbound port, as the pod's ISTIO_INBOUND chain would redirect it on
  * arrival; to its own pod IP it goes to its own inbound port for any port
@@ -173,7 +147,7 @@ static __always_inline void proxy_connect(struct bpf_sock_addr *ctx, const struc
 	if (dst_cgroup_id == own_cgroup_id) {
 		if (sb_cfg.tunnel_port && dst_port == sb_cfg.tunnel_port)
 			return;
-	} else if (!inbound_captured(pod, dst_cgroup_id, dst_port)) {
+	} else if (!sb_inbound_captured(pod, dst_cgroup_id, dst_port)) {
 		return;
 	}
 	if (remember(ctx, dst, SB_SOCK_SHORTCUT))

@@ -8,6 +8,7 @@
  *   sockops.c   sockops: original destination handoff, sockhash inserts
  *   sockopt.c   cgroup/getsockopt: SO_ORIGINAL_DST
  *   skmsg.c     sk_msg: splicing
+ *   sklookup.c  sk_lookup (per pod network namespace): inbound capture
  *
  * Maps, shared structs and the one load-time config (sb_cfg) are in
  * lib/sockbridge.h. The agent drops the programs its plan does not use
@@ -19,6 +20,7 @@
 #include "sockops.c"
 #include "sockopt.c"
 #include "skmsg.c"
+#include "sklookup.c"
 
 /* Emits the enums shared with Go into BTF so bpf2go -type can see them. */
 static const enum sb_stat sb_stat_btf __attribute__((used));

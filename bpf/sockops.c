@@ -15,14 +15,17 @@
  * an app's AF_INET6 socket dialling ::ffff:127.0.0.1 and the sidecar's
  * AF_INET socket accepting that connection agree on the key.
  *
- * With splicing on (the sockops_splice entry point), it also adds both
+ * With splicing on (sockops_splice, sockops_full), it also adds both
  * sockets of every captured flow to sb_sockhash: app <-> sidecar, sidecar
  * <-> sidecar on this node, and the sidecar's inbound passthrough (from
- * 127.0.0.6 or ::6) <-> app. Nothing else.
+ * 127.0.0.6 or ::6) <-> app. Nothing else. With inbound capture on
+ * (sockops_listen, sockops_full), it adds the sidecars' inbound listeners
+ * to sb_listeners for sk_lookup (sklookup.c).
  *
  * Kernel: sockops 4.13, bpf_sk_storage_get from sockops 5.3,
  * bpf_get_netns_cookie from sockops 5.15, BPF_SOCK_OPS_STATE_CB 4.17,
- * bpf_sock_hash_update 4.18.
+ * bpf_sock_hash_update 4.18, listening sockets in a sockhash from
+ * BPF_SOCK_OPS_TCP_LISTEN_CB 5.7.
  */
 #include "lib/sockbridge.h"
 
@@ -184,14 +187,47 @@ static __always_inline void state_changed(struct bpf_sock_ops *skops, struct bpf
 	bpf_map_delete_elem(&sb_tuples, &key);
 }
 
-static __always_inline int track(struct bpf_sock_ops *skops, const bool splice)
+/* With inbound capture on, the sidecar's inbound listeners (port
+ * sb_cfg.inbound_port in a pod's network namespace) enter sb_listeners
+ * when they listen, where the namespace's sk_lookup program finds them.
+ * TCP_LISTEN_CB fires on every listen(2), with no callback flag. */
+static __always_inline void listen_cb(struct bpf_sock_ops *skops)
 {
+	struct sb_listener_key key = {};
+	__u32 family = skops->family;
+
+	if ((__u16)skops->local_port != sb_cfg.inbound_port)
+		return;
+	if (family != SB_AF_INET && family != SB_AF_INET6)
+		return;
+	key.netns = bpf_get_netns_cookie(skops);
+	key.family = family == SB_AF_INET ? 4 : 6;
+	if (bpf_sock_hash_update(skops, &sb_listeners, &key, BPF_ANY)) {
+		sb_count(SB_STAT_LISTENER_ADD_FAILED);
+		return;
+	}
+	sb_count(SB_STAT_LISTENER_ADDED);
+}
+
+/* What a sockops entry point does besides the original destination
+ * hand-off; compile-time constants, so that a program without one does not
+ * reference that feature's map and the agent can leave it uncreated. */
+#define SB_OPS_SPLICE (1 << 0) /* add captured flows' sockets to sb_sockhash */
+#define SB_OPS_LISTEN (1 << 1) /* add the sidecars' inbound listeners to sb_listeners */
+
+static __always_inline int track(struct bpf_sock_ops *skops, const __u32 features)
+{
+	const bool splice = features & SB_OPS_SPLICE;
 	struct bpf_sock *sk = skops->sk;
 	struct ends e = {};
 
 	if (!sk)
 		return 1;
 	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		if (features & SB_OPS_LISTEN)
+			listen_cb(skops);
+		return 1;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_STATE_CB:
@@ -218,17 +254,28 @@ static __always_inline int track(struct bpf_sock_ops *skops, const bool splice)
 	return 1;
 }
 
-/* The sockops program with splicing off: it never touches sb_sockhash. */
+/* The four sockops programs: the agent attaches the one its plan calls for
+ * (splicing on or off, inbound capture on or off) and drops the others. */
 SEC("sockops")
 int sockops_track(struct bpf_sock_ops *skops)
 {
-	return track(skops, false);
+	return track(skops, 0);
 }
 
-/* The sockops program with splicing on: also adds captured flows' sockets
- * to sb_sockhash, whose sk_msg program (skmsg_splice) moves their bytes. */
 SEC("sockops")
 int sockops_splice(struct bpf_sock_ops *skops)
 {
-	return track(skops, true);
+	return track(skops, SB_OPS_SPLICE);
+}
+
+SEC("sockops")
+int sockops_listen(struct bpf_sock_ops *skops)
+{
+	return track(skops, SB_OPS_LISTEN);
+}
+
+SEC("sockops")
+int sockops_full(struct bpf_sock_ops *skops)
+{
+	return track(skops, SB_OPS_SPLICE | SB_OPS_LISTEN);
 }

@@ -14,6 +14,9 @@
  * does not touch optlen, so large buffers (optlen > PAGE_SIZE) pass through
  * unchanged.
  *
+ * Connections inbound capture (sklookup.c) handed to the sidecar were not
+ * rewritten; for them the answer is the accepted socket's own address.
+ *
  * Kernel: cgroup/getsockopt 5.3, bpf_sk_storage_get from sockopt 5.3,
  * bpf_get_netns_cookie from sockopt 5.8.
  */
@@ -38,10 +41,32 @@ static __always_inline struct sb_sock *tuple_lookup(struct bpf_sockopt *ctx, str
 	return bpf_map_lookup_elem(&sb_tuples, &key);
 }
 
+/* A connection inbound capture handed to the sidecar (sklookup.c) was not
+ * rewritten: its original destination is the accepted socket's own
+ * address, as TPROXY's contract has it. Fills orig with it when sk is such
+ * a socket: a captured port of a pod whose inbound capture is attached. */
+static __always_inline bool inbound_origdst(struct bpf_sock *sk, struct sb_sock *orig)
+{
+	struct sb_addr remote = {};
+	__u16 port = (__u16)sk->src_port;
+	__u64 cgroup_id = 0;
+
+	if (!sb_sock_addrs(sk, &orig->addr, &remote))
+		return false;
+	if (!sb_inbound_pod(&orig->addr, port, &remote, &cgroup_id))
+		return false;
+	if (!bpf_map_lookup_elem(&sb_pod_netns, &cgroup_id))
+		return false;
+	orig->port = bpf_htons(port);
+	sb_count(SB_STAT_ORIGDST_INBOUND);
+	return true;
+}
+
 SEC("cgroup/getsockopt")
 int getsockopt_origdst(struct bpf_sockopt *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
+	struct sb_sock inbound = {};
 	struct sb_sock *s;
 
 	if (ctx->optname != SB_SO_ORIGINAL_DST || !sk)
@@ -51,6 +76,8 @@ int getsockopt_origdst(struct bpf_sockopt *ctx)
 	s = bpf_sk_storage_get(&sb_socks, sk, 0, 0);
 	if (!s || !(s->flags & SB_SOCK_ORIGDST))
 		s = tuple_lookup(ctx, sk);
+	if (!s && inbound_origdst(sk, &inbound))
+		s = &inbound;
 	if (!s) {
 		sb_count(SB_STAT_ORIGDST_UNKNOWN);
 		return 1;

@@ -193,6 +193,12 @@ enum sb_stat {
 	SB_STAT_CAPTURED_V6, /* connect6: of captured, native IPv6 destinations */
 	SB_STAT_CAPTURED_MAPPED, /* connect6: of captured, v4-mapped destinations on AF_INET6 sockets */
 	SB_STAT_ORIGDST_FAMILY, /* getsockopt: SO_ORIGINAL_DST asked at the other family's level */
+	SB_STAT_INBOUND_REDIRECTED, /* sk_lookup: connection to a pod port handed to its sidecar */
+	SB_STAT_INBOUND_REFUSED, /* sk_lookup: captured, but the sidecar does not listen: refused */
+	SB_STAT_LISTENER_ADDED, /* sockops: a sidecar inbound listener entered sb_listeners */
+	SB_STAT_LISTENER_ADD_FAILED, /* sockops: sb_listeners update failed */
+	SB_STAT_ORIGDST_INBOUND, /* getsockopt: SO_ORIGINAL_DST answered with an inbound socket's own address */
+	SB_STAT_BIND_REFUSED, /* bind4/6: an app bound a captured port before its inbound capture was attached */
 	SB_STAT_MAX,
 };
 
@@ -286,6 +292,37 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sb_sockhash SEC(".maps");
+
+/* Key of sb_listeners: the sidecar's inbound listener of one family in one
+ * pod network namespace. */
+struct sb_listener_key {
+	__u64 netns; /* netns cookie */
+	__u32 family; /* 4: AF_INET listener; 6: AF_INET6 listener */
+	__u32 pad;
+};
+
+/* The sidecars' inbound listeners (port sb_cfg.inbound_port), added by
+ * sockops when they listen; the kernel removes a socket when it closes.
+ * sk_lookup hands captured inbound connections to them. Kernel: listening
+ * sockets in a sockhash 5.7. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 2 * SB_MAX_PODS);
+	__type(key, struct sb_listener_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sb_listeners SEC(".maps");
+
+/* The network namespace of each pod whose inbound traffic is captured:
+ * pod cgroup id -> netns cookie, written by the agent when it attaches
+ * sk_lookup to the pod's namespace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SB_MAX_PODS);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sb_pod_netns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -415,6 +452,65 @@ static __always_inline bool sb_cidr_match(void *trie, __u64 cgroup_id, const str
 		key.addr = *a;
 	}
 	return bpf_map_lookup_elem(trie, &key) != NULL;
+}
+
+static __always_inline bool sb_skip_inbound_port(__u16 port)
+{
+	int i;
+
+	for (i = 0; i < SB_MAX_SKIP_PORTS; i++) {
+		if (sb_cfg.inbound_skip_ports[i] && sb_cfg.inbound_skip_ports[i] == port)
+			return true;
+	}
+	return false;
+}
+
+/* Whether a pod's inbound capture takes port (host byte order), as its
+ * ISTIO_INBOUND chain would decide: never-captured ports and excluded
+ * ports first, then every port or the included ones. */
+static __always_inline bool sb_inbound_captured(const struct sb_pod *pod, __u64 cgroup_id,
+						__u16 port)
+{
+	__u8 action;
+
+	if (sb_skip_inbound_port(port))
+		return false;
+	action = sb_port_policy(cgroup_id, port, SB_DIR_INBOUND);
+	if (action & SB_PORT_EXCLUDE)
+		return false;
+	return (pod->flags & SB_POD_IN_ALL_PORTS) || (action & SB_PORT_INCLUDE);
+}
+
+/* The captured pod whose inbound capture takes a connection from remote to
+ * local:local_port (a pod address; port in host byte order), and its
+ * cgroup id; NULL for a connection left alone: not a captured pod's
+ * address, one of the sidecar's own ports, a port the pod's inbound policy
+ * does not capture, Envoy's passthrough, or the pod's own local traffic
+ * (from loopback or from its own address). */
+static __always_inline struct sb_pod *sb_inbound_pod(const struct sb_addr *local, __u16 local_port,
+						     const struct sb_addr *remote, __u64 *cgroup_id)
+{
+	struct sb_pod_ip *pi = bpf_map_lookup_elem(&sb_pod_ips, local);
+	struct sb_pod *pod;
+	__u64 id;
+
+	if (!pi)
+		return NULL;
+	id = pi->cgroup_id;
+	pod = bpf_map_lookup_elem(&sb_pods, &id);
+	if (!pod || !(pod->flags & SB_POD_CAPTURE))
+		return NULL;
+	if (local_port == sb_cfg.inbound_port || local_port == sb_cfg.outbound_port)
+		return NULL;
+	if (sb_addr_is_loopback(remote) || sb_addr_is_passthrough(remote))
+		return NULL;
+	if (sb_addr_is4(remote) ? (pod->ip4 && remote->w[3] == pod->ip4) :
+				  sb_addr_eq(remote, &pod->ip6))
+		return NULL;
+	if (!sb_inbound_captured(pod, id, local_port))
+		return NULL;
+	*cgroup_id = id;
+	return pod;
 }
 
 /* Whether a belongs to a captured pod on this node. */

@@ -113,5 +113,15 @@ func (n *Netns) AddLocalAddr(t TB, addr netip.Addr) {
 	n.Exec(t, "ip", "-6", "addr", "add", addr.String()+"/128", "dev", "lo", "nodad")
 }
 
+// Node gives the network's bridge namespace an address on the network and
+// returns it: a client there is "the node itself" (the host's own
+// namespace in a cluster), without touching this machine's.
+func (nw *Network) Node(addr netip.Addr) *Netns {
+	nw.t.Helper()
+	nw.node.Exec(nw.t, "ip", "addr", "add", fmt.Sprintf("%s/%d", addr, nw.bits), "dev", "br0")
+	nw.node.Addr, nw.node.Addrs = addr, []netip.Addr{addr}
+	return nw.node
+}
+
 // Prefix is the name prefix of every namespace of the network.
 func (nw *Network) Prefix() string { return nw.prefix }

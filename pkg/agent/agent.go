@@ -16,6 +16,7 @@ import (
 
 	"github.com/sockbridge/sockbridge/pkg/controller"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
+	"github.com/sockbridge/sockbridge/pkg/inbound"
 	"github.com/sockbridge/sockbridge/pkg/podfile"
 	"github.com/sockbridge/sockbridge/pkg/policy"
 	"github.com/sockbridge/sockbridge/pkg/probe"
@@ -125,6 +126,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	cfg.Datapath.Splice = plan.Splice
 	cfg.Datapath.IPv4Only = !plan.IPv6
+	cfg.Datapath.Inbound = plan.Inbound
 	cfg.Datapath.Log = log
 	dp, err := datapath.Load(cfg.Datapath)
 	if err != nil {
@@ -140,18 +142,31 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	log.WithFields(logrus.Fields{
 		"cgroup": cfg.Datapath.CgroupPath, "pins": cfg.Datapath.PinDir,
 		"outbound_port": cfg.Datapath.OutboundPort, "inbound_port": cfg.Datapath.InboundPort,
-		"proxy_uid": cfg.Datapath.ProxyUID, "splice": cfg.Datapath.Splice,
+		"proxy_uid": cfg.Datapath.ProxyUID, "splice": cfg.Datapath.Splice, "inbound": cfg.Datapath.Inbound,
 	}).Info("datapath ready")
 
+	// The pod map as the pod sources drive it: with inbound capture on,
+	// every change also reaches the reconciler that attaches sk_lookup to
+	// each pod's network namespace.
+	var pods inbound.PodMap = dp
+	if plan.Inbound {
+		r := inbound.New(dp, log)
+		pods = inbound.Tracking{PodMap: dp, R: r}
+		rctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { r.Run(rctx); close(done) }()
+		defer func() { stop(); <-done }()
+	}
+
 	if cfg.NodeName != "" {
-		return runController(ctx, cfg, dp)
+		return runController(ctx, cfg, pods, inboundOff(plan))
 	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	if cfg.PodFile != "" {
-		syncPodFile(log, dp, cfg)
+		syncPodFile(log, pods, cfg)
 	}
 	for {
 		select {
@@ -160,7 +175,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return nil
 		case <-hup:
 			if cfg.PodFile != "" {
-				syncPodFile(log, dp, cfg)
+				syncPodFile(log, pods, cfg)
 			}
 		}
 	}
@@ -168,7 +183,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 // runController keeps the datapath equal to this node's pods until ctx
 // ends.
-func runController(ctx context.Context, cfg Config, dp *datapath.Datapath) error {
+func runController(ctx context.Context, cfg Config, dp inbound.PodMap, degraded []controller.Degraded) error {
 	client, err := controller.NewClient(cfg.Kubeconfig, "sockbridge-agent/"+cfg.NodeName)
 	if err != nil {
 		return err
@@ -179,6 +194,7 @@ func runController(ctx context.Context, cfg Config, dp *datapath.Datapath) error
 		// Pod cgroups are searched below the attach point: pods outside
 		// it could never be captured.
 		CgroupRoot: cfg.Datapath.CgroupPath, Datapath: dp, Log: cfg.Log,
+		Degraded: degraded,
 	})
 	if err != nil {
 		return fmt.Errorf("pod controller: %w", err)
@@ -187,9 +203,31 @@ func runController(ctx context.Context, cfg Config, dp *datapath.Datapath) error
 	return nil
 }
 
+// inboundOff is what the controller tells pods that want inbound capture
+// when the plan has it off.
+func inboundOff(plan probe.Plan) []controller.Degraded {
+	if plan.Inbound {
+		return nil
+	}
+	reason := "the kernel cannot capture inbound connections"
+	for _, r := range plan.Reasons {
+		if strings.HasPrefix(r, "inbound: ") {
+			reason = strings.TrimPrefix(r, "inbound: ")
+		}
+	}
+	return []controller.Degraded{{
+		Reason: controller.ReasonInboundUnavailable,
+		Message: "sockbridge cannot capture this pod's inbound connections on this node (" + reason +
+			"): only sidecars on the same node reach its inbound port; other clients reach the app directly",
+		Affects: func(p policy.Pod) bool {
+			return p.Capture && (p.Inbound.AllPorts || len(p.Inbound.IncludePorts) > 0)
+		},
+	}}
+}
+
 // syncPodFile makes the pod map equal the file. Errors are logged, never
 // fatal: a bad entry must not take the other pods' capture down.
-func syncPodFile(log *logrus.Logger, dp *datapath.Datapath, cfg Config) {
+func syncPodFile(log *logrus.Logger, dp inbound.PodMap, cfg Config) {
 	f, err := podfile.Read(cfg.PodFile)
 	if err != nil {
 		log.WithError(err).Error("pod file unreadable; keeping the current pods")

@@ -66,6 +66,10 @@ type Config struct {
 	Resync time.Duration
 	// Workers is the number of pods processed in parallel; 0 means 2.
 	Workers int
+	// Degraded lists what the agent's plan leaves out that pods may ask
+	// for (inbound capture on a kernel without sk_lookup): every affected
+	// pod gets a Warning Event, once per pod object and reason.
+	Degraded []Degraded
 	// MaxRetryDelay caps the back-off of a pod whose cgroup the kubelet
 	// has not created yet: the longest an app could run uncaptured after
 	// its pod's cgroup appears; 0 means 100 ms. A pod the datapath
@@ -81,6 +85,9 @@ const (
 	// ReasonCaptureFailed: the datapath rejected the pod's policy; the
 	// controller keeps retrying.
 	ReasonCaptureFailed = "CaptureFailed"
+	// ReasonInboundUnavailable: the pod wants inbound capture, which the
+	// agent's kernel cannot give.
+	ReasonInboundUnavailable = "InboundCaptureUnavailable"
 )
 
 // Controller watches the node's pods and applies their policies.
@@ -104,6 +111,9 @@ type Controller struct {
 	received map[string]time.Time
 	// reported holds the problems already recorded as Events, by pod key.
 	reported map[string]reportedProblems
+	// degradedSent holds the Degraded reasons already recorded, by pod
+	// UID.
+	degradedSent map[types.UID]map[string]bool
 	// failures holds the last error logged for a pod, to log each once.
 	failures map[string]string
 	// pending counts the retries of pods whose cgroup does not exist yet.
@@ -159,17 +169,18 @@ func New(cfg Config) (*Controller, error) {
 		cfg.MaxRetryDelay = 100 * time.Millisecond
 	}
 	c := &Controller{
-		cfg:      cfg,
-		log:      cfg.Log.WithField("node", cfg.NodeName),
-		evaluate: cfg.Preset.Evaluate,
-		resolver: newResolver(cfg.CgroupRoot, cfg.SearchDepth),
-		latency:  newLatencies(10000),
-		ready:    make(chan struct{}),
-		applied:  map[string]entry{},
-		received: map[string]time.Time{},
-		reported: map[string]reportedProblems{},
-		failures: map[string]string{},
-		pending:  map[string]int{},
+		cfg:          cfg,
+		log:          cfg.Log.WithField("node", cfg.NodeName),
+		evaluate:     cfg.Preset.Evaluate,
+		resolver:     newResolver(cfg.CgroupRoot, cfg.SearchDepth),
+		latency:      newLatencies(10000),
+		ready:        make(chan struct{}),
+		applied:      map[string]entry{},
+		received:     map[string]time.Time{},
+		reported:     map[string]reportedProblems{},
+		degradedSent: map[types.UID]map[string]bool{},
+		failures:     map[string]string{},
+		pending:      map[string]int{},
 	}
 	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](10*time.Millisecond, 30*time.Second),
@@ -345,6 +356,7 @@ func (c *Controller) sync(key string) error {
 	if want == nil {
 		return c.remove(key, ev.Reason)
 	}
+	c.reportDegraded(pod, *want)
 	return c.apply(key, pod.UID, *want)
 }
 
@@ -368,16 +380,17 @@ func (c *Controller) desired(key string, pod *corev1.Pod) (*policy.Pod, policy.E
 		ev.Reason = "host network pods are never captured"
 		return nil, ev, nil
 	}
-	_, id, err := c.resolver.resolve(pod.UID, pod.Status.QOSClass)
+	path, id, err := c.resolver.resolve(pod.UID, pod.Status.QOSClass)
 	if err != nil {
 		return nil, ev, fmt.Errorf("pod %s: %w", key, err)
 	}
 	p := &policy.Pod{
-		Name:     key,
-		CgroupID: id,
-		Capture:  ev.Capture,
-		Outbound: ev.Outbound,
-		Inbound:  ev.Inbound,
+		Name:       key,
+		CgroupID:   id,
+		CgroupPath: path,
+		Capture:    ev.Capture,
+		Outbound:   ev.Outbound,
+		Inbound:    ev.Inbound,
 	}
 	p.IPv4, p.IPv6 = podIPs(pod)
 	return p, ev, nil
@@ -441,6 +454,9 @@ func (c *Controller) remove(key, reason string) error {
 	defer c.mu.Unlock()
 	if reason == "deleted" {
 		delete(c.reported, key)
+		if old, ok := c.applied[key]; ok {
+			delete(c.degradedSent, old.uid)
+		}
 	}
 	old, had := c.applied[key]
 	if !had {

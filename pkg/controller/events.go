@@ -17,6 +17,37 @@ import (
 	"github.com/sockbridge/sockbridge/pkg/policy"
 )
 
+// Degraded is a part of capture the agent's plan leaves out, and which pods
+// it affects.
+type Degraded struct {
+	Reason  string // the Event reason, e.g. ReasonInboundUnavailable
+	Message string
+	Affects func(policy.Pod) bool
+}
+
+// reportDegraded records an Event for each Degraded that affects the pod,
+// once per pod object.
+func (c *Controller) reportDegraded(pod *corev1.Pod, p policy.Pod) {
+	for _, d := range c.cfg.Degraded {
+		if !d.Affects(p) {
+			continue
+		}
+		c.mu.Lock()
+		sent := c.degradedSent[pod.UID]
+		if sent == nil {
+			sent = map[string]bool{}
+			c.degradedSent[pod.UID] = sent
+		}
+		fresh := !sent[d.Reason]
+		sent[d.Reason] = true
+		c.mu.Unlock()
+		if fresh {
+			c.log.WithField("pod", pod.Namespace+"/"+pod.Name).Warn(d.Message)
+			c.recorder.Event(pod, corev1.EventTypeWarning, d.Reason, d.Message)
+		}
+	}
+}
+
 // report records an Event and a log line for each problem of the pod's
 // annotations that was not reported for this pod object yet, so resyncs and
 // unrelated updates do not repeat them.

@@ -63,7 +63,13 @@ type Config struct {
 	// exist, an app could dial ::ffff:a.b.c.d or an IPv6 address past the
 	// sidecar, so the probe's plan never sets it there.
 	IPv4Only bool
-	Log      logrus.FieldLogger
+	// Inbound loads inbound capture: the sk_lookup program that
+	// AttachInbound attaches to each pod's network namespace, and the
+	// sockops variant that records the sidecars' inbound listeners
+	// (kernel 5.9). Off, neither is loaded and pinned inbound links are
+	// removed.
+	Inbound bool
+	Log     logrus.FieldLogger
 }
 
 // IstioDefaults returns Istio's ports and sidecar identity, from the istio
@@ -120,6 +126,8 @@ var hooks = []hook{
 	{"getsockopt", ebpf.AttachCGroupGetsockopt},
 	{"getpeername4", ebpf.AttachCgroupInet4GetPeername},
 	{"getpeername6", ebpf.AttachCgroupInet6GetPeername},
+	{"bind4", ebpf.AttachCGroupInet4Bind},
+	{"bind6", ebpf.AttachCGroupInet6Bind},
 	{"connect4", ebpf.AttachCGroupInet4Connect},
 	{"connect6", ebpf.AttachCGroupInet6Connect},
 }
@@ -135,7 +143,7 @@ func HookNames() []string {
 }
 
 // ipv6Hooks are the hooks IPv4Only leaves out.
-var ipv6Hooks = []string{"getpeername6", "connect6"}
+var ipv6Hooks = []string{"getpeername6", "connect6", "bind6"}
 
 // Spec returns the datapath object's spec as compiled, for the probe to read
 // which helpers its programs call.
@@ -143,16 +151,45 @@ func Spec() (*ebpf.CollectionSpec, error) {
 	return loadDatapath()
 }
 
-// SpliceOnlyPrograms names the programs only splicing loads.
-func SpliceOnlyPrograms() []string {
-	return []string{datapathProgSockopsSplice, datapathProgSkmsgSplice}
+// Program features: what a program of the object is loaded for, which
+// tells the probe what a missing helper of that program turns off.
+const (
+	FeatureCapture = "capture"
+	FeatureSplice  = "splice"
+	FeatureInbound = "inbound"
+)
+
+// ProgramFeature says what the named program is loaded for: "capture"
+// (every plan), "splice" or "inbound" (only when that feature is on; a
+// sockops variant with both counts as splice).
+func ProgramFeature(name string) string {
+	switch name {
+	case datapathProgSockopsSplice, datapathProgSkmsgSplice, datapathProgSockopsFull:
+		return FeatureSplice
+	case datapathProgSockopsListen, datapathProgSklookupInbound, datapathProgBind4Guard, datapathProgBind6Guard:
+		return FeatureInbound
+	}
+	return FeatureCapture
+}
+
+// sockopsProgram is the sockops variant for a plan (bpf/sockops.c).
+func sockopsProgram(cfg Config) string {
+	switch {
+	case cfg.Splice && cfg.Inbound:
+		return datapathProgSockopsFull
+	case cfg.Splice:
+		return datapathProgSockopsSplice
+	case cfg.Inbound:
+		return datapathProgSockopsListen
+	}
+	return datapathProgSockopsTrack
 }
 
 // programsFor returns the program for each hook under cfg, and every
 // program the plan loads; the others are dropped from the spec.
 func programsFor(cfg Config) (attach map[string]string, keep []string) {
 	attach = map[string]string{
-		"sockops":      datapathProgSockopsTrack,
+		"sockops":      sockopsProgram(cfg),
 		"getsockopt":   datapathProgGetsockoptOrigdst,
 		"getpeername4": datapathProgGetpeername4Restore,
 		"getpeername6": datapathProgGetpeername6Restore,
@@ -160,8 +197,12 @@ func programsFor(cfg Config) (attach map[string]string, keep []string) {
 		"connect6":     datapathProgConnect6Redirect,
 	}
 	if cfg.Splice {
-		attach["sockops"] = datapathProgSockopsSplice
 		keep = append(keep, datapathProgSkmsgSplice)
+	}
+	if cfg.Inbound {
+		keep = append(keep, datapathProgSklookupInbound)
+		attach["bind4"] = datapathProgBind4Guard
+		attach["bind6"] = datapathProgBind6Guard
 	}
 	if cfg.IPv4Only {
 		for _, h := range ipv6Hooks {
@@ -188,6 +229,9 @@ type Datapath struct {
 
 	mu    sync.Mutex
 	rules map[uint64]*podRules // what each pod owns in the rule maps; nil until first read
+	// inbound holds each pod's sk_lookup link (inbound capture), by pod
+	// cgroup id.
+	inbound map[uint64]link.Link
 }
 
 // Load loads the datapath object with cfg's settings, pins its maps under
@@ -257,6 +301,9 @@ func Load(cfg Config) (_ *Datapath, err error) {
 			return nil, err
 		}
 		dp.links[h.name] = l
+	}
+	if err := dp.adoptInbound(); err != nil {
+		return nil, err
 	}
 	return dp, nil
 }
@@ -405,7 +452,7 @@ func replaceOldLayout(cfg Config) error {
 	if err != nil {
 		return nil // nothing pinned yet
 	}
-	known := map[string]bool{}
+	known := map[string]bool{inboundLinksDir: true}
 	for _, h := range hooks {
 		known[h.name] = true
 	}
@@ -487,10 +534,13 @@ func (dp *Datapath) Close() error {
 	for _, l := range dp.links {
 		errs = append(errs, l.Close())
 	}
+	for _, l := range dp.inbound {
+		errs = append(errs, l.Close())
+	}
 	if dp.coll != nil {
 		dp.coll.Close()
 	}
-	dp.links, dp.coll = nil, nil
+	dp.links, dp.coll, dp.inbound = nil, nil, nil
 	return errors.Join(errs...)
 }
 
@@ -498,12 +548,19 @@ func (dp *Datapath) Close() error {
 // removes its maps and the directory. It succeeds when nothing is there.
 func Uninstall(pinDir string) error {
 	var errs []error
-	links, err := os.ReadDir(filepath.Join(pinDir, linksDir))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("list links in %s: %w", pinDir, err)
+	var pins []string
+	for _, dir := range []string{filepath.Join(pinDir, linksDir), filepath.Join(pinDir, linksDir, inboundLinksDir)} {
+		entries, err := os.ReadDir(dir)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("list links in %s: %w", dir, err)
+		}
+		for _, e := range entries {
+			if !e.IsDir() {
+				pins = append(pins, filepath.Join(dir, e.Name()))
+			}
+		}
 	}
-	for _, e := range links {
-		pin := filepath.Join(pinDir, linksDir, e.Name())
+	for _, pin := range pins {
 		l, err := link.LoadPinnedLink(pin, nil)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("load pinned link %s: %w", pin, err))

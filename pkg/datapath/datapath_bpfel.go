@@ -51,6 +51,13 @@ const (
 	datapathSbDirectionSB_DIR_INBOUND  datapathSbDirection = 1
 )
 
+type datapathSbListenerKey struct {
+	_      structs.HostLayout
+	Netns  uint64
+	Family uint32
+	Pad    uint32
+}
+
 type datapathSbPod struct {
 	_     structs.HostLayout
 	Ip4   uint32
@@ -116,23 +123,29 @@ type datapathSbSockKey struct {
 type datapathSbStat uint32
 
 const (
-	datapathSbStatSB_STAT_CAPTURED          datapathSbStat = 0
-	datapathSbStatSB_STAT_SHORTCUT          datapathSbStat = 1
-	datapathSbStatSB_STAT_BIND_FAILED       datapathSbStat = 2
-	datapathSbStatSB_STAT_STORAGE_FAILED    datapathSbStat = 3
-	datapathSbStatSB_STAT_TUPLE_FAILED      datapathSbStat = 4
-	datapathSbStatSB_STAT_ORIGDST_ANSWERED  datapathSbStat = 5
-	datapathSbStatSB_STAT_ORIGDST_UNKNOWN   datapathSbStat = 6
-	datapathSbStatSB_STAT_PEERNAME_RESTORED datapathSbStat = 7
-	datapathSbStatSB_STAT_SPLICE_ADDED      datapathSbStat = 8
-	datapathSbStatSB_STAT_SPLICE_ADD_FAILED datapathSbStat = 9
-	datapathSbStatSB_STAT_SPLICE_REDIRECTED datapathSbStat = 10
-	datapathSbStatSB_STAT_SPLICE_PASSED     datapathSbStat = 11
-	datapathSbStatSB_STAT_CGROUP_WALKS      datapathSbStat = 12
-	datapathSbStatSB_STAT_CAPTURED_V6       datapathSbStat = 13
-	datapathSbStatSB_STAT_CAPTURED_MAPPED   datapathSbStat = 14
-	datapathSbStatSB_STAT_ORIGDST_FAMILY    datapathSbStat = 15
-	datapathSbStatSB_STAT_MAX               datapathSbStat = 16
+	datapathSbStatSB_STAT_CAPTURED            datapathSbStat = 0
+	datapathSbStatSB_STAT_SHORTCUT            datapathSbStat = 1
+	datapathSbStatSB_STAT_BIND_FAILED         datapathSbStat = 2
+	datapathSbStatSB_STAT_STORAGE_FAILED      datapathSbStat = 3
+	datapathSbStatSB_STAT_TUPLE_FAILED        datapathSbStat = 4
+	datapathSbStatSB_STAT_ORIGDST_ANSWERED    datapathSbStat = 5
+	datapathSbStatSB_STAT_ORIGDST_UNKNOWN     datapathSbStat = 6
+	datapathSbStatSB_STAT_PEERNAME_RESTORED   datapathSbStat = 7
+	datapathSbStatSB_STAT_SPLICE_ADDED        datapathSbStat = 8
+	datapathSbStatSB_STAT_SPLICE_ADD_FAILED   datapathSbStat = 9
+	datapathSbStatSB_STAT_SPLICE_REDIRECTED   datapathSbStat = 10
+	datapathSbStatSB_STAT_SPLICE_PASSED       datapathSbStat = 11
+	datapathSbStatSB_STAT_CGROUP_WALKS        datapathSbStat = 12
+	datapathSbStatSB_STAT_CAPTURED_V6         datapathSbStat = 13
+	datapathSbStatSB_STAT_CAPTURED_MAPPED     datapathSbStat = 14
+	datapathSbStatSB_STAT_ORIGDST_FAMILY      datapathSbStat = 15
+	datapathSbStatSB_STAT_INBOUND_REDIRECTED  datapathSbStat = 16
+	datapathSbStatSB_STAT_INBOUND_REFUSED     datapathSbStat = 17
+	datapathSbStatSB_STAT_LISTENER_ADDED      datapathSbStat = 18
+	datapathSbStatSB_STAT_LISTENER_ADD_FAILED datapathSbStat = 19
+	datapathSbStatSB_STAT_ORIGDST_INBOUND     datapathSbStat = 20
+	datapathSbStatSB_STAT_BIND_REFUSED        datapathSbStat = 21
+	datapathSbStatSB_STAT_MAX                 datapathSbStat = 22
 )
 
 type datapathSbTuple struct {
@@ -153,19 +166,26 @@ const (
 	datapathMapSbCidrExcl           = "sb_cidr_excl"
 	datapathMapSbCidrIncl           = "sb_cidr_incl"
 	datapathMapSbGeneration         = "sb_generation"
+	datapathMapSbListeners          = "sb_listeners"
 	datapathMapSbPodIps             = "sb_pod_ips"
+	datapathMapSbPodNetns           = "sb_pod_netns"
 	datapathMapSbPods               = "sb_pods"
 	datapathMapSbPorts              = "sb_ports"
 	datapathMapSbSockhash           = "sb_sockhash"
 	datapathMapSbSocks              = "sb_socks"
 	datapathMapSbStats              = "sb_stats"
 	datapathMapSbTuples             = "sb_tuples"
+	datapathProgBind4Guard          = "bind4_guard"
+	datapathProgBind6Guard          = "bind6_guard"
 	datapathProgConnect4Redirect    = "connect4_redirect"
 	datapathProgConnect6Redirect    = "connect6_redirect"
 	datapathProgGetpeername4Restore = "getpeername4_restore"
 	datapathProgGetpeername6Restore = "getpeername6_restore"
 	datapathProgGetsockoptOrigdst   = "getsockopt_origdst"
+	datapathProgSklookupInbound     = "sklookup_inbound"
 	datapathProgSkmsgSplice         = "skmsg_splice"
+	datapathProgSockopsFull         = "sockops_full"
+	datapathProgSockopsListen       = "sockops_listen"
 	datapathProgSockopsSplice       = "sockops_splice"
 	datapathProgSockopsTrack        = "sockops_track"
 	datapathVarSbCfg                = "sb_cfg"
@@ -213,12 +233,17 @@ type datapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
+	Bind4Guard          *ebpf.ProgramSpec `ebpf:"bind4_guard"`
+	Bind6Guard          *ebpf.ProgramSpec `ebpf:"bind6_guard"`
 	Connect4Redirect    *ebpf.ProgramSpec `ebpf:"connect4_redirect"`
 	Connect6Redirect    *ebpf.ProgramSpec `ebpf:"connect6_redirect"`
 	Getpeername4Restore *ebpf.ProgramSpec `ebpf:"getpeername4_restore"`
 	Getpeername6Restore *ebpf.ProgramSpec `ebpf:"getpeername6_restore"`
 	GetsockoptOrigdst   *ebpf.ProgramSpec `ebpf:"getsockopt_origdst"`
+	SklookupInbound     *ebpf.ProgramSpec `ebpf:"sklookup_inbound"`
 	SkmsgSplice         *ebpf.ProgramSpec `ebpf:"skmsg_splice"`
+	SockopsFull         *ebpf.ProgramSpec `ebpf:"sockops_full"`
+	SockopsListen       *ebpf.ProgramSpec `ebpf:"sockops_listen"`
 	SockopsSplice       *ebpf.ProgramSpec `ebpf:"sockops_splice"`
 	SockopsTrack        *ebpf.ProgramSpec `ebpf:"sockops_track"`
 }
@@ -231,7 +256,9 @@ type datapathMapSpecs struct {
 	SbCidrExcl   *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
 	SbCidrIncl   *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
 	SbGeneration *ebpf.MapSpec `ebpf:"sb_generation"`
+	SbListeners  *ebpf.MapSpec `ebpf:"sb_listeners"`
 	SbPodIps     *ebpf.MapSpec `ebpf:"sb_pod_ips"`
+	SbPodNetns   *ebpf.MapSpec `ebpf:"sb_pod_netns"`
 	SbPods       *ebpf.MapSpec `ebpf:"sb_pods"`
 	SbPorts      *ebpf.MapSpec `ebpf:"sb_ports"`
 	SbSockhash   *ebpf.MapSpec `ebpf:"sb_sockhash"`
@@ -271,7 +298,9 @@ type datapathMaps struct {
 	SbCidrExcl   *ebpf.Map `ebpf:"sb_cidr_excl"`
 	SbCidrIncl   *ebpf.Map `ebpf:"sb_cidr_incl"`
 	SbGeneration *ebpf.Map `ebpf:"sb_generation"`
+	SbListeners  *ebpf.Map `ebpf:"sb_listeners"`
 	SbPodIps     *ebpf.Map `ebpf:"sb_pod_ips"`
+	SbPodNetns   *ebpf.Map `ebpf:"sb_pod_netns"`
 	SbPods       *ebpf.Map `ebpf:"sb_pods"`
 	SbPorts      *ebpf.Map `ebpf:"sb_ports"`
 	SbSockhash   *ebpf.Map `ebpf:"sb_sockhash"`
@@ -286,7 +315,9 @@ func (m *datapathMaps) Close() error {
 		m.SbCidrExcl,
 		m.SbCidrIncl,
 		m.SbGeneration,
+		m.SbListeners,
 		m.SbPodIps,
+		m.SbPodNetns,
 		m.SbPods,
 		m.SbPorts,
 		m.SbSockhash,
@@ -307,24 +338,34 @@ type datapathVariables struct {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
+	Bind4Guard          *ebpf.Program `ebpf:"bind4_guard"`
+	Bind6Guard          *ebpf.Program `ebpf:"bind6_guard"`
 	Connect4Redirect    *ebpf.Program `ebpf:"connect4_redirect"`
 	Connect6Redirect    *ebpf.Program `ebpf:"connect6_redirect"`
 	Getpeername4Restore *ebpf.Program `ebpf:"getpeername4_restore"`
 	Getpeername6Restore *ebpf.Program `ebpf:"getpeername6_restore"`
 	GetsockoptOrigdst   *ebpf.Program `ebpf:"getsockopt_origdst"`
+	SklookupInbound     *ebpf.Program `ebpf:"sklookup_inbound"`
 	SkmsgSplice         *ebpf.Program `ebpf:"skmsg_splice"`
+	SockopsFull         *ebpf.Program `ebpf:"sockops_full"`
+	SockopsListen       *ebpf.Program `ebpf:"sockops_listen"`
 	SockopsSplice       *ebpf.Program `ebpf:"sockops_splice"`
 	SockopsTrack        *ebpf.Program `ebpf:"sockops_track"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
+		p.Bind4Guard,
+		p.Bind6Guard,
 		p.Connect4Redirect,
 		p.Connect6Redirect,
 		p.Getpeername4Restore,
 		p.Getpeername6Restore,
 		p.GetsockoptOrigdst,
+		p.SklookupInbound,
 		p.SkmsgSplice,
+		p.SockopsFull,
+		p.SockopsListen,
 		p.SockopsSplice,
 		p.SockopsTrack,
 	)

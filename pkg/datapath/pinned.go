@@ -60,8 +60,9 @@ func ReadPinned(pinDir string) (*Snapshot, error) {
 		case err == nil:
 			opened[name] = m
 			s.Maps = append(s.Maps, name)
-		case errors.Is(err, os.ErrNotExist) && name == datapathMapSbSockhash:
-			// Not created when the agent runs without splicing.
+		case errors.Is(err, os.ErrNotExist) && (name == datapathMapSbSockhash || name == datapathMapSbListeners):
+			// Not created when the agent runs without splicing or
+			// without inbound capture.
 		case errors.Is(err, os.ErrNotExist):
 			s.Unavailable["map "+name] = "not pinned in " + pinDir
 		default:

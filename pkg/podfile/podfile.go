@@ -94,11 +94,12 @@ func (e Entry) resolve(root string) (policy.Pod, error) {
 	if e.Cgroup == "" {
 		return policy.Pod{}, errors.New(`"cgroup" is empty (want the pod cgroup's path)`)
 	}
-	id, err := cgroups.ID(cgroups.Resolve(root, e.Cgroup))
+	path := cgroups.Resolve(root, e.Cgroup)
+	id, err := cgroups.ID(path)
 	if err != nil {
 		return policy.Pod{}, err
 	}
-	p := policy.Pod{Name: e.Name, CgroupID: id, Capture: e.Capture == nil || *e.Capture}
+	p := policy.Pod{Name: e.Name, CgroupID: id, CgroupPath: path, Capture: e.Capture == nil || *e.Capture}
 	p.Outbound, p.Inbound = policy.CaptureAll()
 	return e.addresses(p)
 }

@@ -15,7 +15,7 @@ import (
 var ErrOverLimit = errors.New("list over the datapath limit")
 
 // ErrUnsupported is wrapped by every Problem about a value sockbridge
-// understands but cannot apply yet (TPROXY, interface exclusions, ...).
+// understands but cannot apply yet (interface exclusions, ...).
 var ErrUnsupported = errors.New("not supported by sockbridge yet")
 
 // ListSyntax says what one list annotation accepts besides its plain

@@ -17,6 +17,10 @@ type Pod struct {
 	Name string `json:"name,omitempty"`
 	// CgroupID is the id of the pod-level cgroup: the datapath's key.
 	CgroupID uint64 `json:"cgroup_id"`
+	// CgroupPath is the pod-level cgroup's directory, where the pod's
+	// processes (and so its network namespace) are found for inbound
+	// capture; "" when unknown (a pod read back from the maps).
+	CgroupPath string `json:"-"`
 	// IPv4 is the pod's IPv4 address; the zero Addr when not yet known,
 	// in which case captured connections keep the source the kernel picks.
 	IPv4 netip.Addr `json:"ipv4"`

@@ -216,12 +216,12 @@ func (p *Preset) Evaluate(pod *corev1.Pod) Evaluation {
 	}
 	if modeKey != "" && modeSet {
 		switch mode {
-		case "REDIRECT":
-		case "TPROXY":
-			ev.Problems = append(ev.Problems, Problem{
-				Annotation: modeKey, Value: mode, Valid: "REDIRECT, NONE",
-				Err: fmt.Errorf("TPROXY interception: %w", ErrUnsupported),
-			})
+		case "REDIRECT", "TPROXY":
+			// The same capture serves both: inbound connections reach
+			// the sidecar unrewritten (sk_lookup), so the local address
+			// is the original destination, TPROXY's contract, and
+			// SO_ORIGINAL_DST answers with it for REDIRECT sidecars
+			// (docs/annotations.md says what of TPROXY is not covered).
 		default:
 			ev.Problems = append(ev.Problems, Problem{
 				Annotation: modeKey, Value: mode, Valid: "REDIRECT, TPROXY, NONE",

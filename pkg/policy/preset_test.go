@@ -206,10 +206,11 @@ func TestEvaluateIstio(t *testing.T) {
 			meshed: true, reason: "interceptionMode=NONE",
 		},
 		{
-			// TPROXY is valid for Istio (validateInterceptionMode) but not
-			// implemented: reported, never half-captured.
+			// TPROXY is valid for Istio (validateInterceptionMode) and
+			// served by the same capture: the sidecar's inbound sockets
+			// keep the original destination as their local address.
 			name: "interceptionMode TPROXY", pod: istioPod(map[string]string{aMode: "TPROXY"}),
-			meshed: true, problems: []string{aMode}, errIs: ErrUnsupported, reason: "TPROXY",
+			meshed: true, capture: true, out: allOut, in: allIn,
 		},
 		{
 			name: "interceptionMode REDIRECT", pod: istioPod(map[string]string{aMode: "REDIRECT"}),

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 type attachType struct {
@@ -27,6 +29,8 @@ func cgroupAttachTypes() []attachType {
 		{"cgroup/getpeername4", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet4GetPeername, "5.8", NeedCapture},
 		{"cgroup/connect6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect, "4.17", NeedIPv6},
 		{"cgroup/getpeername6", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername, "5.8", NeedIPv6},
+		{"cgroup/bind4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Bind, "4.17", NeedInbound},
+		{"cgroup/bind6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Bind, "4.17", NeedInbound},
 		{"cgroup/getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt, "5.3", NeedCapture},
 		{"cgroup/sock_ops", ebpf.SockOps, ebpf.AttachCGroupSockOps, "4.13", NeedCapture},
 	}
@@ -180,4 +184,79 @@ func trySkMsgAttach() error {
 		return fmt.Errorf("attach %s to a sockhash: %w", a.name, err)
 	}
 	return link.RawDetachProgram(link.RawDetachProgramOptions{Target: m.FD(), Program: prog, Attach: a.attach})
+}
+
+// skLookupAttach is the sk_lookup attach point on a network namespace.
+func skLookupAttach() attachType {
+	return attachType{"sk_lookup/netns", ebpf.SkLookup, ebpf.AttachSkLookup, "5.9", NeedInbound}
+}
+
+// probeSkLookupAttach attaches a trivial sk_lookup program (SK_PASS: it
+// selects nothing) to a throw-away network namespace of its own, never to
+// the node's, and detaches it.
+func probeSkLookupAttach() Feature {
+	a := skLookupAttach()
+	f := Feature{Name: a.name, Kind: KindAttachType, MinKernel: a.minKernel, NeededFor: a.need}
+	return result(f, trySkLookupAttach(a))
+}
+
+func trySkLookupAttach(a attachType) error {
+	prog, err := trivialProgram(a, 1) // SK_PASS
+	if err != nil {
+		return err
+	}
+	defer prog.Close()
+	ns, err := newNetns()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(ns)
+	l, err := link.AttachNetNs(ns, prog)
+	if err != nil {
+		return fmt.Errorf("attach %s to a new network namespace: %w", a.name, err)
+	}
+	return l.Close()
+}
+
+// newNetns creates a network namespace nobody is in and returns an fd that
+// holds it: a thread locked for the purpose unshares into it and moves
+// back. If the thread cannot move back, its goroutine exits still locked
+// and the Go runtime ends the thread.
+func newNetns() (int, error) {
+	type res struct {
+		fd  int
+		err error
+	}
+	c := make(chan res, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			c <- res{-1, fmt.Errorf("open the thread's netns: %w", err)}
+			return
+		}
+		defer unix.Close(orig)
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			c <- res{-1, fmt.Errorf("create a network namespace: %w", err)}
+			return
+		}
+		fd, oerr := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+			if oerr == nil {
+				unix.Close(fd)
+			}
+			c <- res{-1, fmt.Errorf("return from the new network namespace: %w", err)}
+			return // the thread stays locked and is discarded
+		}
+		runtime.UnlockOSThread()
+		if oerr != nil {
+			c <- res{-1, fmt.Errorf("open the new network namespace: %w", oerr)}
+			return
+		}
+		c <- res{fd, nil}
+	}()
+	r := <-c
+	return r.fd, r.err
 }

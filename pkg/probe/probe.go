@@ -102,7 +102,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		return nil, fmt.Errorf("clean up after the probe: %w", hooksErr)
 	}
 	r.Features = append(append(r.Features, types...), hooks...)
-	r.Features = append(r.Features, probeFlowListing())
+	r.Features = append(r.Features, probeSkLookupAttach(), probeFlowListing())
 	classifyAll(r.Features, hostEnv(release))
 	r.DurationMS = time.Since(start).Milliseconds()
 	return r, nil

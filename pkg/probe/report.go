@@ -45,6 +45,11 @@ const (
 	// bypass the sidecar; on a kernel without IPv6 (feature ipv6_sockets
 	// unsupported) the agent captures IPv4 only.
 	NeedIPv6 Need = "ipv6"
+	// NeedInbound features capture connections to a pod from any source
+	// (sk_lookup in the pod's network namespace, plus the sockhash map
+	// type); without one the agent runs without inbound capture and
+	// says so for every pod that asks for it.
+	NeedInbound Need = "inbound"
 	// NeedNone features are reported for information only.
 	NeedNone Need = "none"
 )
@@ -75,6 +80,10 @@ type Feature struct {
 	Cause Cause `json:"cause,omitempty"`
 
 	err error // the check's error, classified into Cause by Run
+	// AlsoNeededFor lists further optional features this one is needed
+	// for (a helper that the splice and the inbound programs both call):
+	// without it they are off too. NeededFor is the most essential one.
+	AlsoNeededFor []Need `json:"also_needed_for,omitempty"`
 }
 
 // Report is the result of one probe run. Its JSON form (with the plan
@@ -99,6 +108,9 @@ type Plan struct {
 	// with capture on only on a kernel without IPv6 sockets (IPv4 only,
 	// nothing can bypass).
 	IPv6 bool `json:"ipv6"`
+	// Inbound is true when capture is on and connections to a pod's
+	// ports from any source can be handed to its sidecar (sk_lookup).
+	Inbound bool `json:"inbound"`
 	// Reasons explains each part that is off, one line each, e.g.
 	// "splice: off because selftest/splice failed: ...".
 	Reasons []string `json:"reasons"`
@@ -131,7 +143,7 @@ func (r *Report) Missing() []Feature {
 func (r *Report) missing(need Need) []Feature {
 	var out []Feature
 	for _, f := range r.Features {
-		if f.NeededFor == need && !f.Supported {
+		if (f.NeededFor == need || slices.Contains(f.AlsoNeededFor, need)) && !f.Supported {
 			out = append(out, f)
 		}
 	}
@@ -176,12 +188,27 @@ func (r *Report) Plan() Plan {
 	} else {
 		p.Reasons = append(p.Reasons, "ipv6: off because the kernel has no IPv6 sockets (nothing to capture, nothing can bypass)")
 	}
+	if missing := r.inboundMissing(); len(missing) > 0 {
+		p.Reasons = append(p.Reasons, "inbound: off because "+describe(missing))
+	} else {
+		p.Inbound = true
+	}
 	if missing := r.missing(NeedSplice); len(missing) > 0 {
 		p.Reasons = append(p.Reasons, "splice: off because "+describe(missing))
 		return p
 	}
 	p.Splice = true
 	return p
+}
+
+// inboundMissing is what keeps inbound capture off: a missing inbound
+// feature, or the sockhash map type its listener map needs.
+func (r *Report) inboundMissing() []Feature {
+	missing := r.missing(NeedInbound)
+	if f, ok := r.Feature("sockhash"); ok && !f.Supported {
+		missing = append(missing, f)
+	}
+	return missing
 }
 
 // Lines returns one line per part of the plan: "capture: on",
@@ -193,6 +220,9 @@ func (p Plan) Lines() []string {
 	}
 	if p.IPv6 {
 		lines = append(lines, "ipv6: on")
+	}
+	if p.Inbound {
+		lines = append(lines, "inbound: on")
 	}
 	if p.Splice {
 		lines = append(lines, "splice: on")

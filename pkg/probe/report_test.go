@@ -34,9 +34,9 @@ func allSupported() *Report {
 		add(Feature{Name: m.name, Kind: KindMapType, MinKernel: m.minKernel, NeededFor: m.need})
 	}
 	for _, h := range helpers() {
-		add(Feature{Name: h.name + "@" + h.prog.name, Kind: KindHelper, MinKernel: h.minKernel, NeededFor: h.need})
+		add(Feature{Name: h.name + "@" + h.prog.name, Kind: KindHelper, MinKernel: h.minKernel, NeededFor: h.need, AlsoNeededFor: h.also})
 	}
-	for _, a := range append(cgroupAttachTypes(), skMsgVerdict()) {
+	for _, a := range append(cgroupAttachTypes(), skMsgVerdict(), skLookupAttach()) {
 		add(Feature{Name: a.name, Kind: KindAttachType, MinKernel: a.minKernel, NeededFor: a.need})
 	}
 	add(bpfLinkFeature())
@@ -86,10 +86,18 @@ func TestPlan(t *testing.T) {
 		reasons: []string{"splice: off because splice self-test failed: receiver's FIONREAD reports 0 bytes queued"},
 	}, {
 		name: "no sockhash", report: onKernel(allSupported(), "4.17.0", "sockhash"), capture: true,
-		reasons: []string{"splice: off because sockhash map type not supported by this kernel (needs Linux 4.18 or later)"},
+		reasons: []string{"inbound: off because sockhash map type not supported by this kernel (needs Linux 4.18 or later)",
+			"splice: off because sockhash map type not supported by this kernel (needs Linux 4.18 or later)"},
 	}, {
 		name: "sockhash configured out", report: onKernel(allSupported(), "6.18.0", "sockhash"), capture: true,
-		reasons: []string{"splice: off because sockhash map type not available although this kernel is newer than Linux 4.18: disabled in the kernel config"},
+		reasons: []string{"inbound: off because sockhash map type not available although this kernel is newer than Linux 4.18: disabled in the kernel config",
+			"splice: off because sockhash map type not available although this kernel is newer than Linux 4.18: disabled in the kernel config"},
+	}, {
+		name: "no sk_lookup (Linux 5.8)", report: onKernel(allSupported(), "5.8.0", "sk_lookup", "sk_lookup/netns"), capture: true, splice: true,
+		reasons: []string{"inbound: off because sk_lookup program type not supported by this kernel (needs Linux 5.9 or later)"},
+	}, {
+		name: "a helper of both splice and inbound", report: allSupported().Without("bpf_sock_hash_update@sock_ops"), capture: true,
+		reasons: []string{"inbound: off because bpf_sock_hash_update@sock_ops helper turned off", "splice: off because bpf_sock_hash_update@sock_ops helper turned off"},
 	}, {
 		name: "no sk_msg helper", report: allSupported().Without("bpf_msg_redirect_hash@sk_msg"), capture: true,
 		reasons: []string{"splice: off because bpf_msg_redirect_hash@sk_msg helper turned off on request"},
@@ -162,8 +170,8 @@ func TestPlanLines(t *testing.T) {
 		report *Report
 		want   []string
 	}{
-		{allSupported(), []string{"capture: on", "ipv6: on", "splice: on"}},
-		{allSupported().Without("sk_msg"), []string{"capture: on", "ipv6: on", "splice: off because sk_msg program type turned off on request"}},
+		{allSupported(), []string{"capture: on", "ipv6: on", "inbound: on", "splice: on"}},
+		{allSupported().Without("sk_msg"), []string{"capture: on", "ipv6: on", "inbound: on", "splice: off because sk_msg program type turned off on request"}},
 		{allSupported().Without("sock_ops"), []string{"capture: off because sock_ops program type turned off on request", "splice: off because capture is off"}},
 		// Where AF_INET6 sockets exist, capturing IPv4 alone would let
 		// them bypass the sidecar: refused.
@@ -173,7 +181,10 @@ func TestPlanLines(t *testing.T) {
 			"ipv6: the kernel has IPv6 sockets, so capturing IPv4 alone would let them bypass the sidecar"}},
 		// A kernel without IPv6 sockets: IPv4 only, said in the plan.
 		{allSupported().Without(FeatureIPv6Sockets, "cgroup/connect6", "cgroup/getpeername6"), []string{
-			"capture: on", "splice: on", "ipv6: off because the kernel has no IPv6 sockets (nothing to capture, nothing can bypass)"}},
+			"capture: on", "inbound: on", "splice: on", "ipv6: off because the kernel has no IPv6 sockets (nothing to capture, nothing can bypass)"}},
+		// Without sk_lookup: no inbound capture, said in the plan.
+		{allSupported().Without("sk_lookup"), []string{
+			"capture: on", "ipv6: on", "splice: on", "inbound: off because sk_lookup program type turned off on request"}},
 	}
 	for _, tt := range tests {
 		if got := tt.report.Plan().Lines(); !slices.Equal(got, tt.want) {
@@ -261,8 +272,13 @@ func TestFeatureTable(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"sockhash", "sk_msg", "sk_msg/verdict", "bpf_msg_redirect_hash@sk_msg", "bpf_sock_hash_update@sock_ops", "selftest/splice"} {
-		if f, ok := r.Feature(name); !ok || f.NeededFor != NeedSplice {
+		if missing := r.Without(name).missing(NeedSplice); len(missing) != 1 || missing[0].Name != name {
 			t.Errorf("%s: missing from the table or not needed for splice", name)
+		}
+	}
+	for _, name := range []string{"sockhash", "sk_lookup", "sk_lookup/netns", "bpf_sk_assign@sk_lookup", "bpf_sock_hash_update@sock_ops"} {
+		if missing := r.Without(name).inboundMissing(); len(missing) != 1 || missing[0].Name != name {
+			t.Errorf("%s: missing from the table or not needed for inbound capture", name)
 		}
 	}
 }
@@ -286,7 +302,11 @@ func TestHelpersComeFromTheObject(t *testing.T) {
 		"bpf_sk_storage_get@sock_ops":                         NeedCapture,
 		"bpf_get_netns_cookie@sock_ops":                       NeedCapture,
 		"bpf_sock_ops_cb_flags_set@sock_ops":                  NeedCapture,
-		"bpf_sock_hash_update@sock_ops":                       NeedSplice,
+		"bpf_sock_hash_update@sock_ops":                       NeedInbound, // and splice
+		"bpf_map_lookup_elem@sk_lookup":                       NeedInbound,
+		"bpf_get_netns_cookie@cgroup_sock_addr":               NeedInbound,
+		"bpf_sk_assign@sk_lookup":                             NeedInbound,
+		"bpf_sk_release@sk_lookup":                            NeedInbound,
 		"bpf_map_lookup_elem@cgroup_sockopt":                  NeedCapture,
 		"bpf_sk_storage_get@cgroup_sockopt":                   NeedCapture,
 		"bpf_get_netns_cookie@cgroup_sockopt":                 NeedCapture,

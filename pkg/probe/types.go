@@ -32,6 +32,7 @@ func progTypes() []progType {
 		{"sock_ops", ebpf.SockOps, "4.13", NeedCapture},
 		{"cgroup_sockopt", ebpf.CGroupSockopt, "5.3", NeedCapture}, // getsockopt
 		{"sk_msg", ebpf.SkMsg, "4.17", NeedSplice},
+		{"sk_lookup", ebpf.SkLookup, "5.9", NeedInbound},
 	}
 }
 
@@ -51,7 +52,7 @@ func mapTypes() []mapType {
 		{"array", ebpf.Array, "3.19", NeedCapture, "pod map generation"},
 		{"lru_hash", ebpf.LRUHash, "4.10", NeedCapture, "cgroup to pod cache"},
 		{"sk_storage", ebpf.SkStorage, "5.2", NeedCapture, "per-socket original destination"},
-		{"sockhash", ebpf.SockHash, "4.18", NeedSplice, "sockets to splice"},
+		{"sockhash", ebpf.SockHash, "4.18", NeedSplice, "sockets to splice; the sidecars' inbound listeners (inbound capture needs it too)"},
 		{"lpm_trie", ebpf.LPMTrie, "4.11", NeedCapture, "per-pod outbound IP ranges"},
 	}
 }
@@ -62,6 +63,9 @@ type helper struct {
 	prog      progType
 	minKernel string
 	need      Need
+	// also are the other optional features whose programs call the
+	// helper: without it they are off too.
+	also []Need
 }
 
 // helperReleases is the upstream release that let each program type call
@@ -87,6 +91,10 @@ var helperReleases = map[string]string{
 	"bpf_sk_storage_get@cgroup_sockopt":                   "5.3",
 	"bpf_get_netns_cookie@cgroup_sockopt":                 "5.8",
 	"bpf_msg_redirect_hash@sk_msg":                        "4.18",
+	"bpf_map_lookup_elem@sk_lookup":                       "5.9",
+	"bpf_get_netns_cookie@cgroup_sock_addr":               "5.7",
+	"bpf_sk_assign@sk_lookup":                             "5.9",
+	"bpf_sk_release@sk_lookup":                            "5.9",
 	"bpf_map_lookup_elem@sk_msg":                          "4.17",
 	"bpf_get_netns_cookie@sk_msg":                         "5.15",
 }
@@ -112,7 +120,6 @@ func datapathHelpers() ([]helper, error) {
 	for _, p := range progTypes() {
 		types[p.typ] = p
 	}
-	splice := datapath.SpliceOnlyPrograms()
 	byName := map[string]*helper{}
 	var order []string
 	names := make([]string, 0, len(spec.Programs))
@@ -126,10 +133,7 @@ func datapathHelpers() ([]helper, error) {
 		if !ok {
 			return nil, fmt.Errorf("datapath program %s has type %s, which the probe does not check", name, p.Type)
 		}
-		need := NeedCapture
-		if slices.Contains(splice, name) {
-			need = NeedSplice
-		}
+		need := needOf(datapath.ProgramFeature(name))
 		for _, ins := range p.Instructions {
 			if !ins.IsBuiltinCall() {
 				continue
@@ -138,8 +142,15 @@ func datapathHelpers() ([]helper, error) {
 			h := helper{name: helperName(fn), fn: fn, prog: pt, need: need}
 			key := h.name + "@" + pt.name
 			if have, ok := byName[key]; ok {
-				if need == NeedCapture {
-					have.need = NeedCapture
+				// Used by programs of several features: it counts for
+				// the most essential of them, and turns the others off
+				// as well when missing.
+				other := need
+				if needRank(other) < needRank(have.need) {
+					have.need, other = other, have.need
+				}
+				if other != have.need && other != NeedCapture && !slices.Contains(have.also, other) {
+					have.also = append(have.also, other)
 				}
 				continue
 			}
@@ -156,6 +167,33 @@ func datapathHelpers() ([]helper, error) {
 		out = append(out, *byName[key])
 	}
 	return out, nil
+}
+
+// needOf maps a datapath program feature to what the probe reports it
+// needed for.
+func needOf(feature string) Need {
+	switch feature {
+	case datapath.FeatureSplice:
+		return NeedSplice
+	case datapath.FeatureInbound:
+		return NeedInbound
+	}
+	return NeedCapture
+}
+
+// needRank orders needs from the most essential.
+func needRank(n Need) int {
+	switch n {
+	case NeedCapture:
+		return 0
+	case NeedIPv6:
+		return 1
+	case NeedInbound:
+		return 2
+	case NeedSplice:
+		return 3
+	}
+	return 4
 }
 
 // helperName turns asm.FnMapLookupElem into "bpf_map_lookup_elem".
@@ -186,7 +224,7 @@ func probeTypes() []Feature {
 		out = append(out, result(f, features.HaveMapType(m.typ)))
 	}
 	for _, h := range helpers() {
-		f := Feature{Name: h.name + "@" + h.prog.name, Kind: KindHelper, MinKernel: h.minKernel, NeededFor: h.need}
+		f := Feature{Name: h.name + "@" + h.prog.name, Kind: KindHelper, MinKernel: h.minKernel, NeededFor: h.need, AlsoNeededFor: h.also}
 		out = append(out, result(f, features.HaveProgramHelper(h.prog.typ, h.fn)))
 	}
 	return out

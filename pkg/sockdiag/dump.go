@@ -190,3 +190,22 @@ func DumpAll(mapFDs []int, opts Options) ([]Socket, error) {
 	}
 	return socks, errors.Join(err, derr)
 }
+
+// NetnsCookie returns the cookie of the network namespace netnsFD (or
+// CurrentNetns): what bpf_get_netns_cookie returns to programs running for
+// its sockets. It is read with SO_NETNS_COOKIE from a socket created in the
+// namespace, as Dump does.
+//
+// Kernel: 5.14 (SO_NETNS_COOKIE); CAP_SYS_ADMIN to enter another namespace.
+func NetnsCookie(netnsFD int) (uint64, error) {
+	c, nsIno, err := dialNetns(netnsFD)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	defer c.Close()
+	v, err := unix.GetsockoptUint64(c.fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie of netns %d: SO_NETNS_COOKIE (Linux 5.14): %w", nsIno, err)
+	}
+	return v, nil
+}

@@ -126,8 +126,10 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 			t.Errorf("pinned maps with splicing off: %v", s.Maps)
 		}
 		progs := processPrograms(t, agent.Cmd.Process.Pid)
-		if !slices.Contains(progs, "sockops_track") || slices.Contains(progs, "sockops_splice") || slices.Contains(progs, "skmsg_splice") {
-			t.Errorf("the agent without splicing loaded %v, want sockops_track and no splice program", progs)
+		// The sockops variant without splicing: sockops_track, or
+		// sockops_listen with inbound capture on.
+		if !slices.Contains(progs, "sockops_listen") || slices.Contains(progs, "sockops_splice") || slices.Contains(progs, "sockops_full") || slices.Contains(progs, "skmsg_splice") {
+			t.Errorf("the agent without splicing (inbound on) loaded %v, want sockops_listen and no splice program", progs)
 		}
 		// `sockbridge maps` never fails as a whole: with one pin gone it
 		// prints the rest and names what it could not read. (The map
@@ -182,8 +184,8 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 				t.Errorf("want the open flow's two sockets in the sockhash: %+v", s)
 			}
 			progs := processPrograms(t, agent.Cmd.Process.Pid)
-			if !slices.Contains(s.Maps, "sb_sockhash") || !slices.Contains(progs, "skmsg_splice") || !slices.Contains(progs, "sockops_splice") || slices.Contains(progs, "sockops_track") {
-				t.Errorf("splicing on: maps %v, programs %v; want sb_sockhash, sockops_splice and skmsg_splice", s.Maps, progs)
+			if !slices.Contains(s.Maps, "sb_sockhash") || !slices.Contains(progs, "skmsg_splice") || !slices.Contains(progs, "sockops_full") || slices.Contains(progs, "sockops_listen") {
+				t.Errorf("splicing and inbound on: maps %v, programs %v; want sb_sockhash, sockops_full and skmsg_splice", s.Maps, progs)
 			}
 			stopAgent(t, agent)
 		})

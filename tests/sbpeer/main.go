@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -71,8 +72,12 @@ func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	listen := fs.String("listen", "0.0.0.0:8080", "address to listen on")
 	resetAfter := fs.Int64("reset-after", 0, "reset each connection (SO_LINGER 0) after echoing this many bytes; 0 never")
+	logConns := fs.Bool("log", false, "print \"accepted <peer>\" for each connection")
 	fs.Parse(args)
 	return acceptLoop(*listen, func(c net.Conn) {
+		if *logConns {
+			fmt.Printf("accepted %s\n", c.RemoteAddr())
+		}
 		fmt.Fprintf(c, "peer=%s local=%s\n", c.RemoteAddr(), c.LocalAddr())
 		if *resetAfter > 0 {
 			echoThenReset(c.(*net.TCPConn), *resetAfter)
@@ -83,9 +88,21 @@ func serve(args []string) error {
 }
 
 // acceptLoop listens on addr, says so on stdout and serves each connection
-// in its own goroutine, closing it when handle returns.
+// in its own goroutine, closing it when handle returns. A bind refused with
+// EPERM (sockbridge's bind guard, until the pod's inbound capture is
+// attached) is retried for up to 10 s, as a restarted container would.
 func acceptLoop(addr string, handle func(net.Conn)) error {
-	ln, err := net.Listen(listenNetwork(addr), addr)
+	var (
+		ln  net.Listener
+		err error
+	)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		ln, err = net.Listen(listenNetwork(addr), addr)
+		if err == nil || !errors.Is(err, syscall.EPERM) || time.Now().After(deadline) {
+			break
+		}
+		fmt.Printf("bind refused: %v; retrying\n", err)
+	}
 	if err != nil {
 		return err
 	}
