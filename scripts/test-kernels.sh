@@ -46,14 +46,14 @@ export PATH="/usr/local/go/bin:$PATH"
 GO=${GO:-go}
 
 series=${KERNEL_SERIES:-"6.1 6.12"}
-e2e_run=${KERNEL_TESTS_E2E-'^(TestOutboundCaptureThroughSidecar|TestUncapturedTrafficUntouched|TestAgentFollowsProbePlan|TestAgentRestartAndUninstall|TestSpliceCorrectness)$'}
+e2e_run=${KERNEL_TESTS_E2E-'^(TestOutboundCaptureThroughSidecar|TestUncapturedTrafficUntouched|TestAgentFollowsProbePlan|TestAgentRestartAndUninstall|TestSpliceCorrectness|TestIPv6Capture|TestInboundFromAnySource|TestInboundFailsClosed)$'}
 probe_run=${KERNEL_TESTS_PROBE-'^TestRunOnThisKernel$'}
 test_timeout=${KERNEL_TEST_TIMEOUT:-10m}
 qemu_timeout=${KERNEL_QEMU_TIMEOUT:-900}
 accel_want=${KERNEL_ACCEL:-auto}
 mem=${KERNEL_MEM:-2G}
 smp=${KERNEL_SMP:-2}
-modules=${KERNEL_MODULES:-"veth bridge tcp_diag nf_conntrack_netlink"}
+modules=${KERNEL_MODULES:-"veth bridge tcp_diag nf_conntrack_netlink ip6table_nat xt_REDIRECT xt_tcpudp"}
 doc=${KERNEL_DOC-docs/kernel-support.md}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/sockbridge/kernels
 
@@ -94,6 +94,7 @@ declare -A need=(
 	[depmod]=kmod [xz]=xz-utils [zstd]=zstd [jq]=jq
 	[ip]=iproute2 [ss]=iproute2 [nsenter]=util-linux [sysctl]=procps
 	[haproxy]=haproxy [bpftool]=bpftool [conntrack]=conntrack
+	[ss-redir]=shadowsocks-libev [ss-server]=shadowsocks-libev [xtables-legacy-multi]=iptables
 )
 missing=()
 for cmd in "${!need[@]}"; do
@@ -214,8 +215,17 @@ stage_binary() {
 # The tools the e2e tests call (internal/testutil: ip, nsenter, ss,
 # sysctl, haproxy, conntrack; tests: bpftool). The real ones, not busybox's
 # applets: nsenter -S/-G, ss, sysctl -q -w.
-for tool in ip ss nsenter sysctl haproxy bpftool conntrack; do
+for tool in ip ss nsenter sysctl haproxy bpftool conntrack ss-redir ss-server xtables-legacy-multi; do
 	stage_binary "$(command -v "$tool")"
+done
+# ip6tables for the IPv6 test's conntrack control: the legacy backend (the
+# nft one would need the nf_tables modules too), called by its own name,
+# with its extensions.
+ln -sfn xtables-legacy-multi "$stage/usr/sbin/ip6tables"
+xtdir=$(dirname "$(ldd "$(command -v xtables-legacy-multi)" | awk '/libxtables/ {print $3}')")/xtables
+mkdir -p "$stage$xtdir"
+for ext in libxt_tcp.so libxt_standard.so libip6t_REDIRECT.so libxt_REDIRECT.so; do
+	[[ -e $xtdir/$ext ]] && install -m 0644 "$xtdir/$ext" "$stage$xtdir/$ext"
 done
 install -m 0755 /bin/busybox "$stage/usr/bin/busybox"
 for a in $(/bin/busybox --list); do

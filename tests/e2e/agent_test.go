@@ -44,7 +44,7 @@ func TestAgentRestartAndUninstall(t *testing.T) {
 	}
 
 	agent := testutil.Start(t, testutil.ProcSpec{Args: agentArgs})
-	if !agent.WaitOutput("pods synced", 10*time.Second) {
+	if !agent.WaitOutput("pods synced", agentStartTimeout) {
 		t.Fatalf("agent did not sync pods:\n%s", agent.Output())
 	}
 	if !strings.Contains(agent.Output(), "pod test/broken") {
@@ -56,7 +56,7 @@ func TestAgentRestartAndUninstall(t *testing.T) {
 	captures(2) // the pinned datapath keeps working without the agent
 
 	agent = testutil.Start(t, testutil.ProcSpec{Args: agentArgs})
-	if !agent.WaitOutput("pods synced", 10*time.Second) {
+	if !agent.WaitOutput("pods synced", agentStartTimeout) {
 		t.Fatalf("restarted agent did not sync pods:\n%s", agent.Output())
 	}
 	hooks := len(datapath.HookNames()) // connect4/6, getpeername4/6, getsockopt, sockops

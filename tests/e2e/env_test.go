@@ -251,3 +251,8 @@ func hostOf(addrPort string) string {
 }
 
 func serverAddr() string { return netip.AddrPortFrom(serverIP, serverPort).String() }
+
+// agentStartTimeout bounds how long an agent may take to probe the kernel,
+// load the datapath and sync its pods before a test gives up on it: a
+// second here, a minute under qemu's software emulation (test-kernels).
+const agentStartTimeout = 90 * time.Second

@@ -342,7 +342,7 @@ func TestInboundLifecycleWithAgent(t *testing.T) {
 	writeJSON(t, podFile, map[string]any{"pods": []any{}})
 	args := []string{bin.sockbridge, "agent", "--log-level", "debug", "--cgroup", e.cgroup, "--bpffs-dir", e.pinDir, "--pods-file", podFile}
 	agent := testutil.Start(t, testutil.ProcSpec{Args: args})
-	if !agent.WaitOutput("pods synced", 10*time.Second) {
+	if !agent.WaitOutput("pods synced", agentStartTimeout) {
 		t.Fatalf("agent did not start:\n%s", agent.Output())
 	}
 	if !strings.Contains(agent.Output(), "plan: inbound: on") {
@@ -371,7 +371,7 @@ func TestInboundLifecycleWithAgent(t *testing.T) {
 	agent.Cmd.Process.Kill()
 	agent.Cmd.Wait()
 	agent = testutil.Start(t, testutil.ProcSpec{Args: args})
-	if !agent.WaitOutput("pods synced", 10*time.Second) {
+	if !agent.WaitOutput("pods synced", agentStartTimeout) {
 		t.Fatalf("restarted agent did not start:\n%s", agent.Output())
 	}
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(50 * time.Millisecond) {

@@ -94,7 +94,7 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 
 	t.Run("splicing reported missing", func(t *testing.T) {
 		agent := testutil.Start(t, testutil.ProcSpec{Args: args("--disable-feature", "sk_msg")})
-		if !agent.WaitOutput("pods synced", 10*time.Second) {
+		if !agent.WaitOutput("pods synced", agentStartTimeout) {
 			t.Fatalf("agent did not start:\n%s", agent.Output())
 		}
 		if !strings.Contains(agent.Output(), "splice: off because sk_msg") {
@@ -153,7 +153,7 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 	if testutil.KnownHazards()["selftest/splice"] {
 		t.Run("splicing refused by the self-test", func(t *testing.T) {
 			agent := testutil.Start(t, testutil.ProcSpec{Args: args()})
-			if !agent.WaitOutput("pods synced", 10*time.Second) {
+			if !agent.WaitOutput("pods synced", agentStartTimeout) {
 				t.Fatalf("agent did not start:\n%s", agent.Output())
 			}
 			if !strings.Contains(agent.Output(), "splice: off because splice self-test failed") {
@@ -171,7 +171,7 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 	} else {
 		t.Run("splicing available", func(t *testing.T) {
 			agent := testutil.Start(t, testutil.ProcSpec{Args: args()})
-			if !agent.WaitOutput("pods synced", 10*time.Second) {
+			if !agent.WaitOutput("pods synced", agentStartTimeout) {
 				t.Fatalf("agent did not start:\n%s", agent.Output())
 			}
 			if !strings.Contains(agent.Output(), "plan: splice: on") {
