@@ -63,7 +63,16 @@ type Config struct {
 	// exist, an app could dial ::ffff:a.b.c.d or an IPv6 address past the
 	// sidecar, so the probe's plan never sets it there.
 	IPv4Only bool
-	Log      logrus.FieldLogger
+	// DNSPort is the sidecar's DNS proxy port on 127.0.0.1 and ::1
+	// (Istio: 15053), where pods that capture DNS send their queries; 0
+	// for a mesh without one.
+	DNSPort uint16
+	// NoDNS leaves out the DNS hooks (cgroup/sendmsg4 and 6, kernel 4.18;
+	// recvmsg4 and 6, kernel 5.2) and turns the DNS branch of the connect
+	// hooks off, for a kernel without them: no pod's DNS is captured, the
+	// rest of the datapath runs as usual.
+	NoDNS bool
+	Log   logrus.FieldLogger
 }
 
 // IstioDefaults returns Istio's ports and sidecar identity, from the istio
@@ -84,6 +93,7 @@ func (c *Config) ForPreset(p *policy.Preset) {
 	c.OutboundPort, c.InboundPort = p.OutboundPort, p.InboundPort
 	c.InboundSkipPorts = append([]uint16(nil), p.NeverCapturedInbound...)
 	c.TunnelPort = p.TunnelPort
+	c.DNSPort = p.DNSPort
 }
 
 func (c *Config) validate() error {
@@ -122,6 +132,11 @@ var hooks = []hook{
 	{"getpeername6", ebpf.AttachCgroupInet6GetPeername},
 	{"connect4", ebpf.AttachCGroupInet4Connect},
 	{"connect6", ebpf.AttachCGroupInet6Connect},
+	// DNS capture: replies restored before queries are captured.
+	{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg},
+	{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg},
+	{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg},
+	{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg},
 }
 
 // HookNames names every cgroup hook the full datapath attaches a program
@@ -135,7 +150,10 @@ func HookNames() []string {
 }
 
 // ipv6Hooks are the hooks IPv4Only leaves out.
-var ipv6Hooks = []string{"getpeername6", "connect6"}
+var ipv6Hooks = []string{"getpeername6", "connect6", "recvmsg6", "sendmsg6"}
+
+// dnsHooks are the hooks NoDNS leaves out.
+var dnsHooks = []string{"recvmsg4", "recvmsg6", "sendmsg4", "sendmsg6"}
 
 // Spec returns the datapath object's spec as compiled, for the probe to read
 // which helpers its programs call.
@@ -148,6 +166,11 @@ func SpliceOnlyPrograms() []string {
 	return []string{datapathProgSockopsSplice, datapathProgSkmsgSplice}
 }
 
+// DNSOnlyPrograms names the programs only DNS capture loads.
+func DNSOnlyPrograms() []string {
+	return []string{datapathProgRecvmsg4Restore, datapathProgRecvmsg6Restore, datapathProgSendmsg4Redirect, datapathProgSendmsg6Redirect}
+}
+
 // programsFor returns the program for each hook under cfg, and every
 // program the plan loads; the others are dropped from the spec.
 func programsFor(cfg Config) (attach map[string]string, keep []string) {
@@ -158,6 +181,10 @@ func programsFor(cfg Config) (attach map[string]string, keep []string) {
 		"getpeername6": datapathProgGetpeername6Restore,
 		"connect4":     datapathProgConnect4Redirect,
 		"connect6":     datapathProgConnect6Redirect,
+		"recvmsg4":     datapathProgRecvmsg4Restore,
+		"recvmsg6":     datapathProgRecvmsg6Restore,
+		"sendmsg4":     datapathProgSendmsg4Redirect,
+		"sendmsg6":     datapathProgSendmsg6Redirect,
 	}
 	if cfg.Splice {
 		attach["sockops"] = datapathProgSockopsSplice
@@ -165,6 +192,11 @@ func programsFor(cfg Config) (attach map[string]string, keep []string) {
 	}
 	if cfg.IPv4Only {
 		for _, h := range ipv6Hooks {
+			delete(attach, h)
+		}
+	}
+	if cfg.NoDNS || cfg.DNSPort == 0 {
+		for _, h := range dnsHooks {
 			delete(attach, h)
 		}
 	}
@@ -300,6 +332,9 @@ func (c *Config) config() datapathSbConfig {
 		TunnelPort:   c.TunnelPort,
 	}
 	copy(v.InboundSkipPorts[:], c.InboundSkipPorts)
+	if !c.NoDNS {
+		v.DnsPort = c.DNSPort
+	}
 	return v
 }
 

@@ -42,6 +42,8 @@ type datapathSbConfig struct {
 	TunnelPort       uint16
 	InboundSkipPorts [8]uint16
 	Pad              uint16
+	DnsPort          uint16
+	Pad2             uint16
 }
 
 type datapathSbDirection uint32
@@ -50,6 +52,12 @@ const (
 	datapathSbDirectionSB_DIR_OUTBOUND datapathSbDirection = 0
 	datapathSbDirectionSB_DIR_INBOUND  datapathSbDirection = 1
 )
+
+type datapathSbDnsKey struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Addr     datapathSbAddr
+}
 
 type datapathSbPod struct {
 	_     structs.HostLayout
@@ -64,6 +72,8 @@ const (
 	datapathSbPodFlagSB_POD_CAPTURE      datapathSbPodFlag = 1
 	datapathSbPodFlagSB_POD_OUT_ALL_IPS  datapathSbPodFlag = 2
 	datapathSbPodFlagSB_POD_IN_ALL_PORTS datapathSbPodFlag = 4
+	datapathSbPodFlagSB_POD_DNS_CAPTURE  datapathSbPodFlag = 8
+	datapathSbPodFlagSB_POD_DNS_ALL      datapathSbPodFlag = 16
 )
 
 type datapathSbPodIp struct {
@@ -101,6 +111,7 @@ const (
 	datapathSbSockFlagSB_SOCK_SHORTCUT    datapathSbSockFlag = 2
 	datapathSbSockFlagSB_SOCK_ORIGDST     datapathSbSockFlag = 4
 	datapathSbSockFlagSB_SOCK_PASSTHROUGH datapathSbSockFlag = 8
+	datapathSbSockFlagSB_SOCK_DNS         datapathSbSockFlag = 16
 )
 
 type datapathSbSockKey struct {
@@ -132,7 +143,10 @@ const (
 	datapathSbStatSB_STAT_CAPTURED_V6       datapathSbStat = 13
 	datapathSbStatSB_STAT_CAPTURED_MAPPED   datapathSbStat = 14
 	datapathSbStatSB_STAT_ORIGDST_FAMILY    datapathSbStat = 15
-	datapathSbStatSB_STAT_MAX               datapathSbStat = 16
+	datapathSbStatSB_STAT_DNS_CAPTURED      datapathSbStat = 16
+	datapathSbStatSB_STAT_DNS_CONNECTED     datapathSbStat = 17
+	datapathSbStatSB_STAT_DNS_RESTORED      datapathSbStat = 18
+	datapathSbStatSB_STAT_MAX               datapathSbStat = 19
 )
 
 type datapathSbTuple struct {
@@ -152,6 +166,7 @@ const (
 	datapathMapSbCgCache            = "sb_cg_cache"
 	datapathMapSbCidrExcl           = "sb_cidr_excl"
 	datapathMapSbCidrIncl           = "sb_cidr_incl"
+	datapathMapSbDnsServers         = "sb_dns_servers"
 	datapathMapSbGeneration         = "sb_generation"
 	datapathMapSbPodIps             = "sb_pod_ips"
 	datapathMapSbPods               = "sb_pods"
@@ -165,6 +180,10 @@ const (
 	datapathProgGetpeername4Restore = "getpeername4_restore"
 	datapathProgGetpeername6Restore = "getpeername6_restore"
 	datapathProgGetsockoptOrigdst   = "getsockopt_origdst"
+	datapathProgRecvmsg4Restore     = "recvmsg4_restore"
+	datapathProgRecvmsg6Restore     = "recvmsg6_restore"
+	datapathProgSendmsg4Redirect    = "sendmsg4_redirect"
+	datapathProgSendmsg6Redirect    = "sendmsg6_redirect"
 	datapathProgSkmsgSplice         = "skmsg_splice"
 	datapathProgSockopsSplice       = "sockops_splice"
 	datapathProgSockopsTrack        = "sockops_track"
@@ -218,6 +237,10 @@ type datapathProgramSpecs struct {
 	Getpeername4Restore *ebpf.ProgramSpec `ebpf:"getpeername4_restore"`
 	Getpeername6Restore *ebpf.ProgramSpec `ebpf:"getpeername6_restore"`
 	GetsockoptOrigdst   *ebpf.ProgramSpec `ebpf:"getsockopt_origdst"`
+	Recvmsg4Restore     *ebpf.ProgramSpec `ebpf:"recvmsg4_restore"`
+	Recvmsg6Restore     *ebpf.ProgramSpec `ebpf:"recvmsg6_restore"`
+	Sendmsg4Redirect    *ebpf.ProgramSpec `ebpf:"sendmsg4_redirect"`
+	Sendmsg6Redirect    *ebpf.ProgramSpec `ebpf:"sendmsg6_redirect"`
 	SkmsgSplice         *ebpf.ProgramSpec `ebpf:"skmsg_splice"`
 	SockopsSplice       *ebpf.ProgramSpec `ebpf:"sockops_splice"`
 	SockopsTrack        *ebpf.ProgramSpec `ebpf:"sockops_track"`
@@ -230,6 +253,7 @@ type datapathMapSpecs struct {
 	SbCgCache    *ebpf.MapSpec `ebpf:"sb_cg_cache"`
 	SbCidrExcl   *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
 	SbCidrIncl   *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
+	SbDnsServers *ebpf.MapSpec `ebpf:"sb_dns_servers"`
 	SbGeneration *ebpf.MapSpec `ebpf:"sb_generation"`
 	SbPodIps     *ebpf.MapSpec `ebpf:"sb_pod_ips"`
 	SbPods       *ebpf.MapSpec `ebpf:"sb_pods"`
@@ -270,6 +294,7 @@ type datapathMaps struct {
 	SbCgCache    *ebpf.Map `ebpf:"sb_cg_cache"`
 	SbCidrExcl   *ebpf.Map `ebpf:"sb_cidr_excl"`
 	SbCidrIncl   *ebpf.Map `ebpf:"sb_cidr_incl"`
+	SbDnsServers *ebpf.Map `ebpf:"sb_dns_servers"`
 	SbGeneration *ebpf.Map `ebpf:"sb_generation"`
 	SbPodIps     *ebpf.Map `ebpf:"sb_pod_ips"`
 	SbPods       *ebpf.Map `ebpf:"sb_pods"`
@@ -285,6 +310,7 @@ func (m *datapathMaps) Close() error {
 		m.SbCgCache,
 		m.SbCidrExcl,
 		m.SbCidrIncl,
+		m.SbDnsServers,
 		m.SbGeneration,
 		m.SbPodIps,
 		m.SbPods,
@@ -312,6 +338,10 @@ type datapathPrograms struct {
 	Getpeername4Restore *ebpf.Program `ebpf:"getpeername4_restore"`
 	Getpeername6Restore *ebpf.Program `ebpf:"getpeername6_restore"`
 	GetsockoptOrigdst   *ebpf.Program `ebpf:"getsockopt_origdst"`
+	Recvmsg4Restore     *ebpf.Program `ebpf:"recvmsg4_restore"`
+	Recvmsg6Restore     *ebpf.Program `ebpf:"recvmsg6_restore"`
+	Sendmsg4Redirect    *ebpf.Program `ebpf:"sendmsg4_redirect"`
+	Sendmsg6Redirect    *ebpf.Program `ebpf:"sendmsg6_redirect"`
 	SkmsgSplice         *ebpf.Program `ebpf:"skmsg_splice"`
 	SockopsSplice       *ebpf.Program `ebpf:"sockops_splice"`
 	SockopsTrack        *ebpf.Program `ebpf:"sockops_track"`
@@ -324,6 +354,10 @@ func (p *datapathPrograms) Close() error {
 		p.Getpeername4Restore,
 		p.Getpeername6Restore,
 		p.GetsockoptOrigdst,
+		p.Recvmsg4Restore,
+		p.Recvmsg6Restore,
+		p.Sendmsg4Redirect,
+		p.Sendmsg6Redirect,
 		p.SkmsgSplice,
 		p.SockopsSplice,
 		p.SockopsTrack,
