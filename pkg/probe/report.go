@@ -45,6 +45,10 @@ const (
 	// bypass the sidecar; on a kernel without IPv6 (feature ipv6_sockets
 	// unsupported) the agent captures IPv4 only.
 	NeedIPv6 Need = "ipv6"
+	// NeedDNS features capture the pods' DNS (UDP sendmsg and recvmsg
+	// hooks); without one the agent runs with DNS capture off and tells
+	// the pods that ask for it.
+	NeedDNS Need = "dns"
 	// NeedNone features are reported for information only.
 	NeedNone Need = "none"
 )
@@ -99,6 +103,8 @@ type Plan struct {
 	// with capture on only on a kernel without IPv6 sockets (IPv4 only,
 	// nothing can bypass).
 	IPv6 bool `json:"ipv6"`
+	// DNS is true when capture is on and the DNS capture hooks work.
+	DNS bool `json:"dns"`
 	// Reasons explains each part that is off, one line each, e.g.
 	// "splice: off because selftest/splice failed: ...".
 	Reasons []string `json:"reasons"`
@@ -176,6 +182,11 @@ func (r *Report) Plan() Plan {
 	} else {
 		p.Reasons = append(p.Reasons, "ipv6: off because the kernel has no IPv6 sockets (nothing to capture, nothing can bypass)")
 	}
+	if missing := r.missing(NeedDNS); len(missing) > 0 {
+		p.Reasons = append(p.Reasons, "dns: off because "+describe(missing))
+	} else {
+		p.DNS = true
+	}
 	if missing := r.missing(NeedSplice); len(missing) > 0 {
 		p.Reasons = append(p.Reasons, "splice: off because "+describe(missing))
 		return p
@@ -196,6 +207,9 @@ func (p Plan) Lines() []string {
 	}
 	if p.Splice {
 		lines = append(lines, "splice: on")
+	}
+	if p.DNS {
+		lines = append(lines, "dns: on")
 	}
 	return append(lines, p.Reasons...)
 }

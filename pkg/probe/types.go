@@ -112,7 +112,7 @@ func datapathHelpers() ([]helper, error) {
 	for _, p := range progTypes() {
 		types[p.typ] = p
 	}
-	splice := datapath.SpliceOnlyPrograms()
+	splice, dns := datapath.SpliceOnlyPrograms(), datapath.DNSOnlyPrograms()
 	byName := map[string]*helper{}
 	var order []string
 	names := make([]string, 0, len(spec.Programs))
@@ -129,6 +129,8 @@ func datapathHelpers() ([]helper, error) {
 		need := NeedCapture
 		if slices.Contains(splice, name) {
 			need = NeedSplice
+		} else if slices.Contains(dns, name) {
+			need = NeedDNS
 		}
 		for _, ins := range p.Instructions {
 			if !ins.IsBuiltinCall() {
