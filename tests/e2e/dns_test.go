@@ -50,14 +50,23 @@ type dnsWorld struct {
 
 func newDNSWorld(t *testing.T) *dnsWorld {
 	t.Helper()
-	testutil.RequirePrivileged(t, "dnsmasq", "dig", "getent", "unshare", "mount", "conntrack", "iptables")
-	e := newBareEnvFamilies(t, true)
-	dp, err := datapath.Load(e.cfg)
+	w := newBareDNSWorld(t)
+	dp, err := datapath.Load(w.cfg)
 	if err != nil {
 		t.Fatalf("load datapath: %v", err)
 	}
 	t.Cleanup(func() { dp.Close() })
-	e.dp = dp
+	w.dp = dp
+	return w
+}
+
+// newBareDNSWorld builds the DNS world without loading the datapath: for
+// tests that run the agent binary (w.dp stays nil, pods come from a pod
+// file).
+func newBareDNSWorld(t *testing.T) *dnsWorld {
+	t.Helper()
+	testutil.RequirePrivileged(t, "dnsmasq", "dig", "getent", "unshare", "mount", "conntrack", "iptables")
+	e := newBareEnvFamilies(t, true)
 	w := &dnsWorld{env: e}
 	w.host = e.net.AddHost("dns", clusterDNS4, otherDNS4, clusterDNS6, otherDNS6)
 	w.cluster = testutil.StartDnsmasq(t, testutil.DnsmasqSpec{Netns: w.host, Listen: []netip.Addr{clusterDNS4, clusterDNS6}, Port: 53,
@@ -122,6 +131,9 @@ func (w *dnsWorld) addDNSPod(name string, v4, v6, nameserver netip.Addr, dns pol
 
 func (w *dnsWorld) setDNS(p *dnsPod, dns policy.DNS) {
 	w.t.Helper()
+	if w.dp == nil {
+		return // the agent's pod file says
+	}
 	if err := w.dp.UpsertPod(datapath.Pod{Name: p.name, CgroupID: p.id, IPv4: p.v4, IPv6: p.v6, Capture: true,
 		Outbound: outboundAll, Inbound: inboundAll, DNS: dns}); err != nil {
 		w.t.Fatalf("upsert pod %s: %v", p.name, err)
@@ -494,4 +506,77 @@ func (w *dnsWorld) setDNSPolicy(p *dnsPod, out policy.Outbound) {
 		Outbound: out, Inbound: inboundAll, DNS: policy.DNS{Capture: true, Nameservers: []netip.Addr{p.nameserver}}}); err != nil {
 		w.t.Fatalf("upsert pod %s: %v", p.name, err)
 	}
+}
+
+// The agent binary captures DNS for a pod its pod file says captures it,
+// with every DNS program loaded; on a kernel reported without a DNS hook it
+// says "dns: off because ..." in its plan, warns about the pod that asks,
+// loads none of the DNS programs and leaves the pod's DNS alone, whole:
+// no half capture whose replies would come back from the wrong source.
+func TestAgentDNSPlan(t *testing.T) {
+	w := newBareDNSWorld(t)
+	p := w.addDNSPod("a", podAIP, netip.Addr{}, clusterDNS4, policy.DNS{})
+	podFile := filepath.Join(w.dir, "pods.json")
+	writeJSON(t, podFile, map[string]any{"pods": []map[string]any{{
+		"name": "test/a", "cgroup": p.cgroup, "ip": podAIP.String(),
+		"dns_capture": true, "nameservers": []string{clusterDNS4.String()},
+	}}})
+	args := func(extra ...string) []string {
+		return append([]string{bin.sockbridge, "agent", "--cgroup", w.cgroup, "--bpffs-dir", w.pinDir, "--pods-file", podFile}, extra...)
+	}
+	dnsProgs := []string{"sendmsg4_redirect", "sendmsg6_redirect", "recvmsg4_restore", "recvmsg6_restore"}
+
+	t.Run("dns on", func(t *testing.T) {
+		agent := testutil.Start(t, testutil.ProcSpec{Args: args()})
+		if !agent.WaitOutput("pods synced", 10*time.Second) {
+			t.Fatalf("agent did not start:\n%s", agent.Output())
+		}
+		if !strings.Contains(agent.Output(), "plan: dns: on") {
+			t.Errorf("agent log does not say dns: on:\n%s", agent.Output())
+		}
+		progs := processPrograms(t, agent.Cmd.Process.Pid)
+		for _, name := range dnsProgs {
+			if !slices.Contains(progs, name) {
+				t.Errorf("the agent loaded %v, want %s among them", progs, name)
+			}
+		}
+		if got := p.getent(t, "proxy-only.test"); !slices.Equal(got, []string{proxyOnly4.String()}) {
+			t.Errorf("getent proxy-only.test = %v, want the DNS proxy's answer", got)
+		}
+		stopAgent(t, agent)
+	})
+
+	t.Run("dns hooks reported missing", func(t *testing.T) {
+		agent := testutil.Start(t, testutil.ProcSpec{Args: args("--disable-feature", "cgroup/recvmsg4")})
+		if !agent.WaitOutput("pods synced", 10*time.Second) {
+			t.Fatalf("agent did not start:\n%s", agent.Output())
+		}
+		out := agent.Output()
+		if !strings.Contains(out, "dns: off because cgroup/recvmsg4 attach type turned off on request") ||
+			!strings.Contains(out, "the pod asks for DNS capture but this node's datapath has it off") {
+			t.Errorf("agent log does not give the plan and the pod's warning:\n%s", out)
+		}
+		progs := processPrograms(t, agent.Cmd.Process.Pid)
+		for _, name := range dnsProgs {
+			if slices.Contains(progs, name) {
+				t.Errorf("the agent without DNS loaded %s (%v)", name, progs)
+			}
+		}
+		for _, hook := range []string{"sendmsg4", "recvmsg4"} {
+			if _, err := os.Stat(filepath.Join(w.pinDir, "links", hook)); !os.IsNotExist(err) {
+				t.Errorf("link %s still pinned without DNS (stat: %v)", hook, err)
+			}
+		}
+		// glibc's connected socket and dig's: straight to the nameserver.
+		if got := p.getent(t, "cluster-only.test"); !slices.Equal(got, []string{clusterOnly4.String()}) {
+			t.Errorf("getent cluster-only.test = %v, want the cluster DNS's answer", got)
+		}
+		if got, out := p.dig(t, w.nameserver4, "proxy-only.test"); len(got) != 0 || !strings.Contains(out, "status: NXDOMAIN") {
+			t.Errorf("DNS off: proxy-only.test answered %v, want the nameserver's NXDOMAIN\n%s", got, out)
+		}
+		if qs := p.proxy.QueriesFor("cluster-only.test"); len(qs) != 0 {
+			t.Errorf("the DNS proxy was asked %+v with DNS capture off", qs)
+		}
+		stopAgent(t, agent)
+	})
 }
