@@ -446,6 +446,16 @@ func TestDNSCapture(t *testing.T) {
 			if len(got) != 0 || !strings.Contains(out, "status: NXDOMAIN") {
 				t.Errorf("the proxy's own query was answered %v, want the cluster DNS's NXDOMAIN\n%s", got, out)
 			}
+			// And from an unconnected socket (sendmsg), as dnsmasq asks.
+			fam := "4"
+			if p.nameserver.Is6() {
+				fam = "6"
+			}
+			var r dnsQueryResult
+			runIn(t, spec, &r, "dnsquery", "-server", netip.AddrPortFrom(p.nameserver, 53).String(), "-name", "proxy-only.test", "-family", fam)
+			if r.RCode != "RCodeNameError" || len(r.Answers) != 0 {
+				t.Errorf("the proxy's own unconnected query: %+v, want the cluster DNS's NXDOMAIN", r)
+			}
 		}
 		if d := delta(before, w.stats(), dnsCounters...); d["dns_captured"]+d["dns_connected"] != 0 {
 			t.Errorf("counters %v: nothing here may be captured", d)
