@@ -245,12 +245,19 @@ static __always_inline void outbound_listener(const struct sb_addr *dst, struct 
 	}
 }
 
+/* The DNS branch (bpf/dns.c): a UDP or TCP connect() to port 53 that the
+ * pod's DNS capture takes goes to the DNS proxy. True when it has dealt
+ * with the connect, false to go on with TCP capture. */
+static __always_inline bool dns_connect(struct bpf_sock_addr *ctx, const bool v6);
+
 static __always_inline int redirect(struct bpf_sock_addr *ctx, const bool v6)
 {
 	struct sb_addr dst = {}, to = {};
 	struct sb_pod *pod;
 	__u64 cgroup_id = 0;
 
+	if (dns_connect(ctx, v6))
+		return 1;
 	if (ctx->type != SB_SOCK_STREAM)
 		return 1;
 	pod = current_pod(&cgroup_id);

@@ -9,6 +9,8 @@
  *   sockopt.c   cgroup/getsockopt: SO_ORIGINAL_DST
  *   skmsg.c     sk_msg: splicing
  *   sklookup.c  sk_lookup (per pod network namespace): inbound capture
+ *   dns.c       cgroup/sendmsg4 and 6, recvmsg4 and 6 (DNS capture), and the
+ *               DNS branch of the connect hooks
  *
  * Maps, shared structs and the one load-time config (sb_cfg) are in
  * lib/sockbridge.h. The agent drops the programs its plan does not use
@@ -21,6 +23,7 @@
 #include "sockopt.c"
 #include "skmsg.c"
 #include "sklookup.c"
+#include "dns.c"
 
 /* Emits the enums shared with Go into BTF so bpf2go -type can see them. */
 static const enum sb_stat sb_stat_btf __attribute__((used));

@@ -9,6 +9,7 @@ packages=(
 	haproxy                                     # the sidecar stand-in
 	shadowsocks-libev                           # the IPv6 sidecar stand-in (ss-redir reads SOL_IPV6 SO_ORIGINAL_DST)
 	iptables conntrack                          # the iptables baseline, conntrack counts
+	dnsmasq-base bind9-dnsutils                 # DNS capture tests: DNS proxy and cluster DNS stand-ins, dig
 	etcd-server                                 # the controller's end-to-end tests
 	linux-perf                                  # benchmark profiling
 )

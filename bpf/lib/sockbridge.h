@@ -61,6 +61,12 @@ enum sb_pod_flag {
 	SB_POD_CAPTURE = 1 << 0, /* redirect the pod's outbound TCP to its sidecar */
 	SB_POD_OUT_ALL_IPS = 1 << 1, /* every outbound destination (includeOutboundIPRanges "*") */
 	SB_POD_IN_ALL_PORTS = 1 << 2, /* every inbound port (includeInboundPorts "*") */
+	/* DNS to the pod's nameservers (sb_dns_servers) goes to the DNS proxy
+	 * (Istio's ISTIO_META_DNS_CAPTURE, istio-iptables --redirect-dns). */
+	SB_POD_DNS_CAPTURE = 1 << 3,
+	/* With SB_POD_DNS_CAPTURE: every port-53 destination, not only the
+	 * nameservers (istio-iptables --capture-all-dns). */
+	SB_POD_DNS_ALL = 1 << 4,
 };
 
 /* The datapath's settings, fixed at load time: one const volatile value
@@ -80,6 +86,11 @@ struct sb_config {
 	 * cut for (Istio: 15008, 15020, 15021, 15090); 0 = unused slot. */
 	__u16 inbound_skip_ports[SB_MAX_SKIP_PORTS];
 	__u16 pad;
+	/* Host byte order: the sidecar's DNS proxy port, on 127.0.0.1 and ::1
+	 * (Istio 15053); 0 = no DNS capture (the DNS branch of the connect
+	 * hooks does nothing). */
+	__u16 dns_port;
+	__u16 pad2;
 };
 
 /* The one load-time config of the datapath (see struct sb_config). */
@@ -144,6 +155,11 @@ enum sb_sock_flag {
 	SB_SOCK_SHORTCUT = 1 << 1, /* sidecar socket rewritten to a local pod's inbound port */
 	SB_SOCK_ORIGDST = 1 << 2, /* accepted sidecar socket that knows its original dst */
 	SB_SOCK_PASSTHROUGH = 1 << 3, /* sidecar -> app inbound passthrough (127.0.0.6, ::6) */
+	/* The socket's DNS went to the DNS proxy: addr/port are the
+	 * nameserver it asked last, which replies from the proxy are given
+	 * as their source. With SB_SOCK_CAPTURED too for a connected socket
+	 * (UDP or TCP), whose getpeername() returns the nameserver. */
+	SB_SOCK_DNS = 1 << 4,
 };
 
 /* Per-socket state in sb_socks (socket local storage, freed with the
@@ -199,6 +215,9 @@ enum sb_stat {
 	SB_STAT_LISTENER_ADD_FAILED, /* sockops: sb_listeners update failed */
 	SB_STAT_ORIGDST_INBOUND, /* getsockopt: SO_ORIGINAL_DST answered with an inbound socket's own address */
 	SB_STAT_BIND_REFUSED, /* bind4/6: an app bound a captured port before its inbound capture was attached */
+	SB_STAT_DNS_CAPTURED, /* sendmsg4/6: a query sent to the DNS proxy instead of a nameserver */
+	SB_STAT_DNS_CONNECTED, /* connect4/6: a UDP or TCP socket to port 53 connected to the DNS proxy */
+	SB_STAT_DNS_RESTORED, /* recvmsg4/6: a DNS proxy reply given the nameserver as source */
 	SB_STAT_MAX,
 };
 
@@ -331,6 +350,31 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sb_stats SEC(".maps");
+
+/* Most nameservers a pod has: the kubelet writes at most 3 into a pod's
+ * resolv.conf (its MaxDNSNameservers). */
+#define SB_MAX_NAMESERVERS 3
+/* Port 53, where queries to nameservers go, host order. */
+#define SB_DNS_PORT 53
+#define SB_SOCK_DGRAM 2
+#define SB_IPPROTO_UDP 17
+
+/* Key of sb_dns_servers: one nameserver of one pod. */
+struct sb_dns_key {
+	__u64 cgroup_id; /* the pod */
+	struct sb_addr addr; /* network byte order; IPv4 v4-mapped */
+};
+
+/* The nameservers of each pod that captures DNS, both families: a query
+ * to port 53 of one of them goes to the DNS proxy (unless the pod captures
+ * every port-53 destination, SB_POD_DNS_ALL). Value unused (1). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SB_MAX_NAMESERVERS *SB_MAX_PODS);
+	__type(key, struct sb_dns_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sb_dns_servers SEC(".maps");
 
 /* Loads a 32-bit field of a context or socket pointer p with one
  * instruction at its fixed offset. Where two branches read different fields

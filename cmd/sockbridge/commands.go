@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -56,6 +58,7 @@ func (f *datapathFlags) register(c *cobra.Command) {
 	fl.Uint32Var(&f.cfg.ProxyGID, "proxy-gid", f.cfg.ProxyGID, "gid of the sidecar")
 	fl.Uint16Var(&f.cfg.OutboundPort, "outbound-port", f.cfg.OutboundPort, "sidecar port for captured outbound connections")
 	fl.Uint16Var(&f.cfg.InboundPort, "inbound-port", f.cfg.InboundPort, "sidecar port for inbound connections")
+	fl.Uint16Var(&f.cfg.DNSPort, "dns-port", f.cfg.DNSPort, "sidecar DNS proxy port on 127.0.0.1 and ::1 for captured DNS (0: no DNS capture)")
 }
 
 // applyPreset takes the sidecar identity and ports from the preset, except
@@ -75,6 +78,9 @@ func (f *datapathFlags) applyPreset(c *cobra.Command, p *policy.Preset) {
 	}
 	if fl.Changed("inbound-port") {
 		f.cfg.InboundPort = given.InboundPort
+	}
+	if fl.Changed("dns-port") {
+		f.cfg.DNSPort = given.DNSPort
 	}
 }
 
@@ -104,6 +110,7 @@ func newAgentCommand() *cobra.Command {
 		mesh     string
 		nodeName string
 		kubecfg  string
+		dns      dnsFlags
 	)
 	c := &cobra.Command{
 		Use:   "agent",
@@ -134,10 +141,16 @@ func newAgentCommand() *cobra.Command {
 				return usageError{fmt.Errorf("--mesh: %w", err)}
 			}
 			dpf.applyPreset(c, preset)
+			preset.MeshDNSCapture = dns.capture
+			node, err := dns.node(log)
+			if err != nil {
+				return usageError{err}
+			}
 			return agent.Run(c.Context(), agent.Config{
 				Datapath: dpf.cfg, CgroupRoot: dpf.cgroupRoot, PodFile: podFile,
 				UninstallOnExit: cleanup, Splice: spliceMode, DisableFeatures: disable, Log: log,
 				NodeName: nodeName, Kubeconfig: kubecfg, Preset: preset,
+				DNSCaptureAll: dns.all, NodeDNS: node,
 			})
 		},
 	}
@@ -150,6 +163,7 @@ func newAgentCommand() *cobra.Command {
 	c.Flags().StringVar(&nodeName, "node-name", os.Getenv("NODE_NAME"), "watch this node's pods through the Kubernetes API (default $NODE_NAME)")
 	c.Flags().StringVar(&kubecfg, "kubeconfig", "", "kubeconfig file (default: in-cluster service account)")
 	c.Flags().StringVar(&mesh, "mesh", "istio", "mesh preset: "+strings.Join(policy.PresetNames(), ", ")+" (sets proxy uid/gid and ports unless given)")
+	dns.register(c)
 	return c
 }
 
@@ -208,4 +222,41 @@ func newVersionCommand() *cobra.Command {
 			fmt.Fprintf(c.OutOrStdout(), "sockbridge %s\n", v)
 		},
 	}
+}
+
+// dnsFlags are the agent's DNS capture settings (docs/annotations.md,
+// "DNS capture").
+type dnsFlags struct {
+	capture, all bool
+	clusterDNS   []net.IP
+	resolvConf   string
+}
+
+func (d *dnsFlags) register(c *cobra.Command) {
+	fl := c.Flags()
+	fl.BoolVar(&d.capture, "dns-capture", false, "capture the DNS of pods that do not say (Istio: meshConfig.defaultConfig.proxyMetadata.ISTIO_META_DNS_CAPTURE; a pod's sidecar env or proxy.istio.io/config wins)")
+	fl.BoolVar(&d.all, "dns-capture-all", false, "capture every port-53 destination of the pods that capture DNS, not only their nameservers (istio-iptables --capture-all-dns, what istio-cni does)")
+	fl.IPSliceVar(&d.clusterDNS, "cluster-dns", nil, "the kubelet's clusterDNS: the nameservers of dnsPolicy ClusterFirst pods (comma separated)")
+	fl.StringVar(&d.resolvConf, "node-resolv-conf", "/etc/resolv.conf", "the node's resolv.conf the kubelet gives dnsPolicy Default pods (the kubelet's --resolv-conf; in a container, mount the node's); \"\" for none")
+}
+
+// node reads what the kubelet writes into its pods' resolv.conf. A missing
+// node resolv.conf only leaves dnsPolicy Default pods without nameservers.
+func (d *dnsFlags) node(log logrus.FieldLogger) (policy.NodeDNS, error) {
+	var n policy.NodeDNS
+	for _, ip := range d.clusterDNS {
+		a, ok := netip.AddrFromSlice(ip)
+		if !ok {
+			return n, fmt.Errorf("--cluster-dns: %v is not an IP address", ip)
+		}
+		n.ClusterDNS = append(n.ClusterDNS, a.Unmap())
+	}
+	if d.resolvConf != "" {
+		b, err := os.ReadFile(d.resolvConf)
+		if err != nil {
+			log.WithError(err).Warn("node resolv.conf unreadable: dnsPolicy Default pods get no DNS capture of their nameservers")
+		}
+		n.HostNameservers = policy.ParseResolvConf(b)
+	}
+	return n, nil
 }

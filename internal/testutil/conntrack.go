@@ -22,7 +22,14 @@ func WatchConntrack(t TB, ns *Netns) *ConntrackWatch {
 // or "ipv6": conntrack -E reports one family at a time) in ns.
 func WatchConntrackFamily(t TB, ns *Netns, family string) *ConntrackWatch {
 	t.Helper()
-	p := Start(t, ProcSpec{Netns: ns, Args: []string{"conntrack", "-E", "-e", "NEW", "-p", "tcp", "-f", family}})
+	return WatchConntrackProto(t, ns, family, "tcp")
+}
+
+// WatchConntrackProto starts counting NEW events of one family ("ipv4",
+// "ipv6") and protocol ("tcp", "udp") in ns.
+func WatchConntrackProto(t TB, ns *Netns, family, proto string) *ConntrackWatch {
+	t.Helper()
+	p := Start(t, ProcSpec{Netns: ns, Args: []string{"conntrack", "-E", "-e", "NEW", "-p", proto, "-f", family}})
 	// conntrack prints nothing when subscribed; give it time to bind.
 	time.Sleep(300 * time.Millisecond)
 	if done, err := p.Exited(); done {

@@ -64,7 +64,15 @@ type Config struct {
 	// DisableFeatures are probe features to treat as missing, to force a
 	// feature off (e.g. "sk_msg" turns splicing off).
 	DisableFeatures []string
-	Log             *logrus.Logger
+	// DNSCaptureAll captures every port-53 destination of the pods that
+	// capture DNS, not only their nameservers (istio-iptables
+	// --capture-all-dns; istio-cni's behaviour). The mesh-wide DNS capture
+	// default is Preset.MeshDNSCapture.
+	DNSCaptureAll bool
+	// NodeDNS is what this node's kubelet writes into pods' resolv.conf
+	// (--cluster-dns, --node-resolv-conf).
+	NodeDNS policy.NodeDNS
+	Log     *logrus.Logger
 }
 
 // Plan probes the kernel and decides what the agent enables: the probe's
@@ -127,6 +135,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	cfg.Datapath.Splice = plan.Splice
 	cfg.Datapath.IPv4Only = !plan.IPv6
 	cfg.Datapath.Inbound = plan.Inbound
+	cfg.Datapath.NoDNS = !plan.DNS
 	cfg.Datapath.Log = log
 	dp, err := datapath.Load(cfg.Datapath)
 	if err != nil {
@@ -143,6 +152,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		"cgroup": cfg.Datapath.CgroupPath, "pins": cfg.Datapath.PinDir,
 		"outbound_port": cfg.Datapath.OutboundPort, "inbound_port": cfg.Datapath.InboundPort,
 		"proxy_uid": cfg.Datapath.ProxyUID, "splice": cfg.Datapath.Splice, "inbound": cfg.Datapath.Inbound,
+		"dns_port": cfg.Datapath.DNSPort, "dns": !cfg.Datapath.NoDNS,
 	}).Info("datapath ready")
 
 	// The pod map as the pod sources drive it: with inbound capture on,
@@ -158,15 +168,16 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		defer func() { stop(); <-done }()
 	}
 
+	dnsOff := dnsOffReason(plan, cfg)
 	if cfg.NodeName != "" {
-		return runController(ctx, cfg, pods, inboundOff(plan))
+		return runController(ctx, cfg, pods, inboundOff(plan), dnsOff)
 	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	if cfg.PodFile != "" {
-		syncPodFile(log, pods, cfg)
+		syncPodFile(log, pods, cfg, dnsOff)
 	}
 	for {
 		select {
@@ -175,7 +186,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return nil
 		case <-hup:
 			if cfg.PodFile != "" {
-				syncPodFile(log, pods, cfg)
+				syncPodFile(log, pods, cfg, dnsOff)
 			}
 		}
 	}
@@ -183,7 +194,23 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 // runController keeps the datapath equal to this node's pods until ctx
 // ends.
-func runController(ctx context.Context, cfg Config, dp inbound.PodMap, degraded []controller.Degraded) error {
+// dnsOffReason says why the datapath captures no DNS, "" when it does.
+func dnsOffReason(plan probe.Plan, cfg Config) string {
+	if cfg.Datapath.DNSPort == 0 {
+		return "the " + cfg.Preset.Name + " preset has no DNS proxy port"
+	}
+	if !plan.DNS {
+		for _, r := range plan.Reasons {
+			if strings.HasPrefix(r, "dns: ") {
+				return r
+			}
+		}
+		return "dns: off"
+	}
+	return ""
+}
+
+func runController(ctx context.Context, cfg Config, dp inbound.PodMap, degraded []controller.Degraded, dnsOff string) error {
 	client, err := controller.NewClient(cfg.Kubeconfig, "sockbridge-agent/"+cfg.NodeName)
 	if err != nil {
 		return err
@@ -195,6 +222,7 @@ func runController(ctx context.Context, cfg Config, dp inbound.PodMap, degraded 
 		// it could never be captured.
 		CgroupRoot: cfg.Datapath.CgroupPath, Datapath: dp, Log: cfg.Log,
 		Degraded: degraded,
+		DNS:      controller.DNSConfig{Off: dnsOff, All: cfg.DNSCaptureAll, Node: cfg.NodeDNS},
 	})
 	if err != nil {
 		return fmt.Errorf("pod controller: %w", err)
@@ -227,15 +255,25 @@ func inboundOff(plan probe.Plan) []controller.Degraded {
 
 // syncPodFile makes the pod map equal the file. Errors are logged, never
 // fatal: a bad entry must not take the other pods' capture down.
-func syncPodFile(log *logrus.Logger, dp inbound.PodMap, cfg Config) {
+func syncPodFile(log *logrus.Logger, dp inbound.PodMap, cfg Config, dnsOff string) {
 	f, err := podfile.Read(cfg.PodFile)
 	if err != nil {
 		log.WithError(err).Error("pod file unreadable; keeping the current pods")
 		return
 	}
-	pods, rerr := f.Resolve(cfg.CgroupRoot)
+	var meshDNS bool
+	if cfg.Preset != nil {
+		meshDNS = cfg.Preset.MeshDNSCapture
+	}
+	pods, rerr := f.ResolveWith(cfg.CgroupRoot, podfile.Defaults{DNSCapture: meshDNS, DNSAll: cfg.DNSCaptureAll})
 	if rerr != nil {
 		log.WithError(rerr).Error("pod file has bad entries; they are left out")
+	}
+	for i := range pods {
+		if pods[i].DNS.Capture && dnsOff != "" {
+			log.WithField("pod", pods[i].Name).Warn("the pod asks for DNS capture but this node's datapath has it off (" + dnsOff + "): its DNS is not captured")
+			pods[i].DNS = policy.DNS{}
+		}
 	}
 	if err := dp.SyncPods(pods); err != nil {
 		log.WithError(err).Error("update pod map")

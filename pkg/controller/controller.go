@@ -70,11 +70,30 @@ type Config struct {
 	// for (inbound capture on a kernel without sk_lookup): every affected
 	// pod gets a Warning Event, once per pod object and reason.
 	Degraded []Degraded
+	// DNS says how pods that ask for DNS capture get it.
+	DNS DNSConfig
 	// MaxRetryDelay caps the back-off of a pod whose cgroup the kubelet
 	// has not created yet: the longest an app could run uncaptured after
 	// its pod's cgroup appears; 0 means 100 ms. A pod the datapath
 	// rejects is retried with a back-off up to 30 s.
 	MaxRetryDelay time.Duration
+}
+
+// DNSConfig says how the controller fills a pod's DNS capture
+// (policy.Pod.DNS) when its evaluation asks for it.
+type DNSConfig struct {
+	// Off, when not empty, says why the datapath captures no DNS (the
+	// probe's plan: "dns: off because ..."): pods that ask for DNS capture
+	// keep the rest of their policy and get a DNSCaptureUnavailable Event.
+	Off string
+	// All captures every port-53 destination of a pod that captures DNS,
+	// not only its nameservers (istio-iptables --capture-all-dns, which
+	// istio-cni sets whenever DNS capture is on).
+	All bool
+	// Node is what the kubelet writes into its pods' resolv.conf; the
+	// nameservers of each pod come from it and the pod's spec
+	// (policy.Nameservers).
+	Node policy.NodeDNS
 }
 
 // Event reasons the controller records on pods.
@@ -88,6 +107,13 @@ const (
 	// ReasonInboundUnavailable: the pod wants inbound capture, which the
 	// agent's kernel cannot give.
 	ReasonInboundUnavailable = "InboundCaptureUnavailable"
+	// ReasonDNSCaptureUnavailable: the pod asks for DNS capture but this
+	// node's datapath has it off (the message says why); its DNS goes to
+	// its nameservers uncaptured, the rest of its policy applies.
+	ReasonDNSCaptureUnavailable = "DNSCaptureUnavailable"
+	// ReasonDNSNoNameservers: the pod asks for DNS capture of its
+	// nameservers but the agent cannot tell which they are.
+	ReasonDNSNoNameservers = "DNSCaptureNoNameservers"
 )
 
 // Controller watches the node's pods and applies their policies.
@@ -118,6 +144,9 @@ type Controller struct {
 	failures map[string]string
 	// pending counts the retries of pods whose cgroup does not exist yet.
 	pending map[string]int
+	// dnsNoted holds the DNS Event last recorded for each pod object
+	// ("<uid> <message>"), to record each once.
+	dnsNoted map[string]string
 }
 
 // entry is one pod as applied to the datapath.
@@ -181,6 +210,7 @@ func New(cfg Config) (*Controller, error) {
 		degradedSent: map[types.UID]map[string]bool{},
 		failures:     map[string]string{},
 		pending:      map[string]int{},
+		dnsNoted:     map[string]string{},
 	}
 	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](10*time.Millisecond, 30*time.Second),
@@ -350,6 +380,9 @@ func (c *Controller) sync(key string) error {
 	}
 	want, ev, err := c.desired(key, pod)
 	c.report(key, pod, ev)
+	if want != nil {
+		c.noteDNS(key, pod, ev, want)
+	}
 	if err != nil {
 		return err
 	}
@@ -393,7 +426,54 @@ func (c *Controller) desired(key string, pod *corev1.Pod) (*policy.Pod, policy.E
 		Inbound:    ev.Inbound,
 	}
 	p.IPv4, p.IPv6 = podIPs(pod)
+	p.DNS, _ = c.dnsOf(pod, ev)
 	return p, ev, nil
+}
+
+// dnsOf is the pod's DNS capture, and when the pod asks for DNS capture
+// but does not get it, the Event reason and message saying why.
+func (c *Controller) dnsOf(pod *corev1.Pod, ev policy.Evaluation) (dns policy.DNS, why [2]string) {
+	if !ev.Capture || !ev.DNSCapture {
+		return policy.DNS{}, why
+	}
+	if c.cfg.DNS.Off != "" {
+		return policy.DNS{}, [2]string{ReasonDNSCaptureUnavailable, fmt.Sprintf(
+			"sockbridge: the pod asks for DNS capture (%s) but this node's datapath has it off (%s): its DNS goes to its nameservers uncaptured",
+			ev.DNSSource, c.cfg.DNS.Off)}
+	}
+	if c.cfg.DNS.All {
+		return policy.DNS{Capture: true, All: true}, why
+	}
+	servers, reason := policy.Nameservers(pod, c.cfg.DNS.Node)
+	if len(servers) == 0 {
+		return policy.DNS{}, [2]string{ReasonDNSNoNameservers, fmt.Sprintf(
+			"sockbridge: the pod asks for DNS capture (%s) but its nameservers are unknown (%s): its DNS is not captured",
+			ev.DNSSource, reason)}
+	}
+	return policy.DNS{Capture: true, Nameservers: servers}, why
+}
+
+// noteDNS records, once per pod object and message, why a pod that asks
+// for DNS capture does not get it.
+func (c *Controller) noteDNS(key string, pod *corev1.Pod, ev policy.Evaluation, p *policy.Pod) {
+	_, why := c.dnsOf(pod, ev)
+	note := ""
+	if why[0] != "" {
+		note = string(pod.UID) + " " + why[1]
+	}
+	c.mu.Lock()
+	seen := c.dnsNoted[key] == note
+	if note == "" {
+		delete(c.dnsNoted, key)
+	} else {
+		c.dnsNoted[key] = note
+	}
+	c.mu.Unlock()
+	if seen || note == "" {
+		return
+	}
+	c.log.WithFields(logrus.Fields{"pod": key, "dns": ev.DNSSource}).Warn(why[1])
+	c.recorder.Event(pod, corev1.EventTypeWarning, why[0], eventMessage(policy.Problem{}, why[1]))
 }
 
 // podIPs returns the pod's first IPv4 and first IPv6 address; malformed
@@ -457,6 +537,7 @@ func (c *Controller) remove(key, reason string) error {
 		if old, ok := c.applied[key]; ok {
 			delete(c.degradedSent, old.uid)
 		}
+		delete(c.dnsNoted, key)
 	}
 	old, had := c.applied[key]
 	if !had {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -76,6 +78,9 @@ func stubEvaluate(pod *corev1.Pod) policy.Evaluation {
 	ev.Meshed = true
 	ev.Capture = pod.Labels["capture"] != "off"
 	ev.Outbound, ev.Inbound = policy.CaptureAll()
+	if ev.Capture && pod.Labels["dns"] == "on" {
+		ev.DNSCapture, ev.DNSSource = true, "label dns=on"
+	}
 	if v, ok := pod.Annotations["bad"]; ok {
 		if v == "panic" {
 			panic("evaluator bug")
@@ -91,6 +96,7 @@ type unitEnv struct {
 	client *fake.Clientset
 	dp     *memDatapath
 	events *record.FakeRecorder
+	dns    DNSConfig
 	c      *Controller
 	cancel context.CancelFunc
 	done   chan error
@@ -98,7 +104,12 @@ type unitEnv struct {
 
 func newUnitEnv(t *testing.T, dp *memDatapath, objs ...*corev1.Pod) *unitEnv {
 	t.Helper()
-	e := &unitEnv{t: t, root: t.TempDir(), client: fake.NewClientset(), dp: dp, events: record.NewFakeRecorder(100)}
+	return newUnitEnvDNS(t, dp, DNSConfig{}, objs...)
+}
+
+func newUnitEnvDNS(t *testing.T, dp *memDatapath, dns DNSConfig, objs ...*corev1.Pod) *unitEnv {
+	t.Helper()
+	e := &unitEnv{t: t, root: t.TempDir(), client: fake.NewClientset(), dp: dp, events: record.NewFakeRecorder(100), dns: dns}
 	mkdirs(t, e.root, "kubepods/burstable")
 	for _, p := range objs {
 		if _, err := e.client.CoreV1().Pods(p.Namespace).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
@@ -116,7 +127,7 @@ func (e *unitEnv) start() {
 	c, err := New(Config{
 		Client: e.client, NodeName: "node-a", Preset: &policy.Preset{Name: "stub"},
 		CgroupRoot: e.root, Datapath: e.dp, Log: log, Recorder: e.events,
-		MaxRetryDelay: 50 * time.Millisecond,
+		MaxRetryDelay: 50 * time.Millisecond, DNS: e.dns,
 	})
 	if err != nil {
 		e.t.Fatal(err)
@@ -401,5 +412,55 @@ func TestPercentile(t *testing.T) {
 	}
 	if p := Percentile(nil, 0.5); p != 0 {
 		t.Errorf("empty p50 = %d", p)
+	}
+}
+
+// A pod that asks for DNS capture gets its nameservers from its spec and
+// the node's kubelet settings, or every port-53 destination; where the
+// datapath has DNS capture off or its nameservers are unknown, it keeps
+// the rest of its policy and gets one Event saying why.
+func TestControllerDNS(t *testing.T) {
+	cluster := []netip.Addr{netip.MustParseAddr("10.96.0.10")}
+	tests := []struct {
+		name   string
+		dns    DNSConfig
+		policy corev1.DNSPolicy
+		want   policy.DNS
+		reason string
+	}{
+		{"cluster DNS", DNSConfig{Node: policy.NodeDNS{ClusterDNS: cluster}}, "", policy.DNS{Capture: true, Nameservers: cluster}, ""},
+		{"capture all", DNSConfig{All: true}, "", policy.DNS{Capture: true, All: true}, ""},
+		{"datapath without DNS", DNSConfig{Off: "dns: off because cgroup/recvmsg4 attach type missing", Node: policy.NodeDNS{ClusterDNS: cluster}}, "", policy.DNS{}, ReasonDNSCaptureUnavailable},
+		{"nameservers unknown", DNSConfig{}, corev1.DNSClusterFirst, policy.DNS{}, ReasonDNSNoNameservers},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newUnitEnvDNS(t, newMemDatapath(), tt.dns)
+			id := e.cgroup("uid-dns")
+			idOff := e.cgroup("uid-nodns")
+			p := testPod("dns", "uid-dns", map[string]string{"mesh": "yes", "dns": "on"}, nil)
+			p.Spec.DNSPolicy = tt.policy
+			quiet := testPod("nodns", "uid-nodns", map[string]string{"mesh": "yes"}, nil)
+			for _, pod := range []*corev1.Pod{p, quiet} {
+				if _, err := e.client.CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e.eventually("applied", func(m map[uint64]policy.Pod) bool { return len(m) == 2 && m[id].Capture && m[idOff].Capture })
+			if got := e.dp.snapshot(); !reflect.DeepEqual(got[id].DNS, tt.want) || !reflect.DeepEqual(got[idOff].DNS, policy.DNS{}) {
+				t.Errorf("DNS %+v and %+v, want %+v and none", got[id].DNS, got[idOff].DNS, tt.want)
+			}
+			// Once per pod object, not on every update.
+			p.Labels["n"] = "1"
+			e.update(p)
+			time.Sleep(200 * time.Millisecond)
+			var events []string
+			for len(e.events.Events) > 0 {
+				events = append(events, <-e.events.Events)
+			}
+			if tt.reason == "" && len(events) != 0 || tt.reason != "" && (len(events) != 1 || !strings.Contains(events[0], tt.reason) || !strings.Contains(events[0], "label dns=on")) {
+				t.Errorf("events %q, want one %q naming where the pod asked", events, tt.reason)
+			}
+		})
 	}
 }

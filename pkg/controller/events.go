@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -57,16 +58,17 @@ func (c *Controller) report(key string, pod *corev1.Pod, ev policy.Evaluation) {
 	if !ok || prev.uid != pod.UID {
 		prev = reportedProblems{uid: pod.UID}
 	}
-	if len(ev.Problems) == 0 {
+	problems := append(slices.Clone(ev.Problems), ev.DNSProblems...)
+	if len(problems) == 0 {
 		if len(prev.messages) > 0 {
 			delete(c.reported, key)
 		}
 		c.mu.Unlock()
 		return
 	}
-	now := make(map[string]bool, len(ev.Problems))
+	now := make(map[string]bool, len(problems))
 	var fresh []policy.Problem
-	for _, p := range ev.Problems {
+	for _, p := range problems {
 		msg := p.Error()
 		if now[msg] {
 			continue
@@ -83,14 +85,17 @@ func (c *Controller) report(key string, pod *corev1.Pod, ev policy.Evaluation) {
 		c.log.WithFields(logrus.Fields{
 			"pod": key, "annotation": p.Annotation, "value": p.Value, "valid": p.Valid,
 		}).WithError(p.Err).Warn("invalid capture annotation; the documented safe behaviour applies")
-		c.recorder.Event(pod, corev1.EventTypeWarning, ReasonInvalidAnnotation, eventMessage(p))
+		c.recorder.Event(pod, corev1.EventTypeWarning, ReasonInvalidAnnotation, eventMessage(p, ""))
 	}
 }
 
-// eventMessage renders a problem for kubectl describe, within the API's
-// 1 KiB message limit.
-func eventMessage(p policy.Problem) string {
-	msg := "sockbridge: " + p.Error()
+// eventMessage renders a problem (or, when text is set, that text) for
+// kubectl describe, within the API's 1 KiB message limit.
+func eventMessage(p policy.Problem, text string) string {
+	msg := text
+	if msg == "" {
+		msg = "sockbridge: " + p.Error()
+	}
 	const max = 1024
 	if len(msg) > max {
 		msg = msg[:max-3] + "..."

@@ -64,12 +64,21 @@ type Config struct {
 	// sidecar, so the probe's plan never sets it there.
 	IPv4Only bool
 	// Inbound loads inbound capture: the sk_lookup program that
-	// AttachInbound attaches to each pod's network namespace, and the
-	// sockops variant that records the sidecars' inbound listeners
-	// (kernel 5.9). Off, neither is loaded and pinned inbound links are
-	// removed.
+	// AttachInbound attaches to each pod's network namespace, the bind
+	// guards, and the sockops variant that records the sidecars' inbound
+	// listeners (kernel 5.9). Off, none is loaded and pinned inbound links
+	// are removed.
 	Inbound bool
-	Log     logrus.FieldLogger
+	// DNSPort is the sidecar's DNS proxy port on 127.0.0.1 and ::1
+	// (Istio: 15053), where pods that capture DNS send their queries; 0
+	// for a mesh without one.
+	DNSPort uint16
+	// NoDNS leaves out the DNS hooks (cgroup/sendmsg4 and 6, kernel 4.18;
+	// recvmsg4 and 6, kernel 5.2) and turns the DNS branch of the connect
+	// hooks off, for a kernel without them: no pod's DNS is captured, the
+	// rest of the datapath runs as usual.
+	NoDNS bool
+	Log   logrus.FieldLogger
 }
 
 // IstioDefaults returns Istio's ports and sidecar identity, from the istio
@@ -90,6 +99,7 @@ func (c *Config) ForPreset(p *policy.Preset) {
 	c.OutboundPort, c.InboundPort = p.OutboundPort, p.InboundPort
 	c.InboundSkipPorts = append([]uint16(nil), p.NeverCapturedInbound...)
 	c.TunnelPort = p.TunnelPort
+	c.DNSPort = p.DNSPort
 }
 
 func (c *Config) validate() error {
@@ -130,6 +140,11 @@ var hooks = []hook{
 	{"bind6", ebpf.AttachCGroupInet6Bind},
 	{"connect4", ebpf.AttachCGroupInet4Connect},
 	{"connect6", ebpf.AttachCGroupInet6Connect},
+	// DNS capture: replies restored before queries are captured.
+	{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg},
+	{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg},
+	{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg},
+	{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg},
 }
 
 // HookNames names every cgroup hook the full datapath attaches a program
@@ -143,7 +158,10 @@ func HookNames() []string {
 }
 
 // ipv6Hooks are the hooks IPv4Only leaves out.
-var ipv6Hooks = []string{"getpeername6", "connect6", "bind6"}
+var ipv6Hooks = []string{"getpeername6", "connect6", "bind6", "recvmsg6", "sendmsg6"}
+
+// dnsHooks are the hooks NoDNS leaves out.
+var dnsHooks = []string{"recvmsg4", "recvmsg6", "sendmsg4", "sendmsg6"}
 
 // Spec returns the datapath object's spec as compiled, for the probe to read
 // which helpers its programs call.
@@ -157,13 +175,16 @@ const (
 	FeatureCapture = "capture"
 	FeatureSplice  = "splice"
 	FeatureInbound = "inbound"
+	FeatureDNS     = "dns"
 )
 
 // ProgramFeature says what the named program is loaded for: "capture"
-// (every plan), "splice" or "inbound" (only when that feature is on; a
-// sockops variant with both counts as splice).
+// (every plan), "splice", "inbound" or "dns" (only when that feature is on;
+// a sockops variant with splicing and inbound counts as splice).
 func ProgramFeature(name string) string {
 	switch name {
+	case datapathProgRecvmsg4Restore, datapathProgRecvmsg6Restore, datapathProgSendmsg4Redirect, datapathProgSendmsg6Redirect:
+		return FeatureDNS
 	case datapathProgSockopsSplice, datapathProgSkmsgSplice, datapathProgSockopsFull:
 		return FeatureSplice
 	case datapathProgSockopsListen, datapathProgSklookupInbound, datapathProgBind4Guard, datapathProgBind6Guard:
@@ -195,6 +216,10 @@ func programsFor(cfg Config) (attach map[string]string, keep []string) {
 		"getpeername6": datapathProgGetpeername6Restore,
 		"connect4":     datapathProgConnect4Redirect,
 		"connect6":     datapathProgConnect6Redirect,
+		"recvmsg4":     datapathProgRecvmsg4Restore,
+		"recvmsg6":     datapathProgRecvmsg6Restore,
+		"sendmsg4":     datapathProgSendmsg4Redirect,
+		"sendmsg6":     datapathProgSendmsg6Redirect,
 	}
 	if cfg.Splice {
 		keep = append(keep, datapathProgSkmsgSplice)
@@ -206,6 +231,11 @@ func programsFor(cfg Config) (attach map[string]string, keep []string) {
 	}
 	if cfg.IPv4Only {
 		for _, h := range ipv6Hooks {
+			delete(attach, h)
+		}
+	}
+	if cfg.NoDNS || cfg.DNSPort == 0 {
+		for _, h := range dnsHooks {
 			delete(attach, h)
 		}
 	}
@@ -347,6 +377,9 @@ func (c *Config) config() datapathSbConfig {
 		TunnelPort:   c.TunnelPort,
 	}
 	copy(v.InboundSkipPorts[:], c.InboundSkipPorts)
+	if !c.NoDNS {
+		v.DnsPort = c.DNSPort
+	}
 	return v
 }
 

@@ -42,6 +42,8 @@ type datapathSbConfig struct {
 	TunnelPort       uint16
 	InboundSkipPorts [8]uint16
 	Pad              uint16
+	DnsPort          uint16
+	Pad2             uint16
 }
 
 type datapathSbDirection uint32
@@ -50,6 +52,12 @@ const (
 	datapathSbDirectionSB_DIR_OUTBOUND datapathSbDirection = 0
 	datapathSbDirectionSB_DIR_INBOUND  datapathSbDirection = 1
 )
+
+type datapathSbDnsKey struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Addr     datapathSbAddr
+}
 
 type datapathSbListenerKey struct {
 	_      structs.HostLayout
@@ -71,6 +79,8 @@ const (
 	datapathSbPodFlagSB_POD_CAPTURE      datapathSbPodFlag = 1
 	datapathSbPodFlagSB_POD_OUT_ALL_IPS  datapathSbPodFlag = 2
 	datapathSbPodFlagSB_POD_IN_ALL_PORTS datapathSbPodFlag = 4
+	datapathSbPodFlagSB_POD_DNS_CAPTURE  datapathSbPodFlag = 8
+	datapathSbPodFlagSB_POD_DNS_ALL      datapathSbPodFlag = 16
 )
 
 type datapathSbPodIp struct {
@@ -108,6 +118,7 @@ const (
 	datapathSbSockFlagSB_SOCK_SHORTCUT    datapathSbSockFlag = 2
 	datapathSbSockFlagSB_SOCK_ORIGDST     datapathSbSockFlag = 4
 	datapathSbSockFlagSB_SOCK_PASSTHROUGH datapathSbSockFlag = 8
+	datapathSbSockFlagSB_SOCK_DNS         datapathSbSockFlag = 16
 )
 
 type datapathSbSockKey struct {
@@ -145,7 +156,10 @@ const (
 	datapathSbStatSB_STAT_LISTENER_ADD_FAILED datapathSbStat = 19
 	datapathSbStatSB_STAT_ORIGDST_INBOUND     datapathSbStat = 20
 	datapathSbStatSB_STAT_BIND_REFUSED        datapathSbStat = 21
-	datapathSbStatSB_STAT_MAX                 datapathSbStat = 22
+	datapathSbStatSB_STAT_DNS_CAPTURED        datapathSbStat = 22
+	datapathSbStatSB_STAT_DNS_CONNECTED       datapathSbStat = 23
+	datapathSbStatSB_STAT_DNS_RESTORED        datapathSbStat = 24
+	datapathSbStatSB_STAT_MAX                 datapathSbStat = 25
 )
 
 type datapathSbTuple struct {
@@ -165,6 +179,7 @@ const (
 	datapathMapSbCgCache            = "sb_cg_cache"
 	datapathMapSbCidrExcl           = "sb_cidr_excl"
 	datapathMapSbCidrIncl           = "sb_cidr_incl"
+	datapathMapSbDnsServers         = "sb_dns_servers"
 	datapathMapSbGeneration         = "sb_generation"
 	datapathMapSbListeners          = "sb_listeners"
 	datapathMapSbPodIps             = "sb_pod_ips"
@@ -182,6 +197,10 @@ const (
 	datapathProgGetpeername4Restore = "getpeername4_restore"
 	datapathProgGetpeername6Restore = "getpeername6_restore"
 	datapathProgGetsockoptOrigdst   = "getsockopt_origdst"
+	datapathProgRecvmsg4Restore     = "recvmsg4_restore"
+	datapathProgRecvmsg6Restore     = "recvmsg6_restore"
+	datapathProgSendmsg4Redirect    = "sendmsg4_redirect"
+	datapathProgSendmsg6Redirect    = "sendmsg6_redirect"
 	datapathProgSklookupInbound     = "sklookup_inbound"
 	datapathProgSkmsgSplice         = "skmsg_splice"
 	datapathProgSockopsFull         = "sockops_full"
@@ -240,6 +259,10 @@ type datapathProgramSpecs struct {
 	Getpeername4Restore *ebpf.ProgramSpec `ebpf:"getpeername4_restore"`
 	Getpeername6Restore *ebpf.ProgramSpec `ebpf:"getpeername6_restore"`
 	GetsockoptOrigdst   *ebpf.ProgramSpec `ebpf:"getsockopt_origdst"`
+	Recvmsg4Restore     *ebpf.ProgramSpec `ebpf:"recvmsg4_restore"`
+	Recvmsg6Restore     *ebpf.ProgramSpec `ebpf:"recvmsg6_restore"`
+	Sendmsg4Redirect    *ebpf.ProgramSpec `ebpf:"sendmsg4_redirect"`
+	Sendmsg6Redirect    *ebpf.ProgramSpec `ebpf:"sendmsg6_redirect"`
 	SklookupInbound     *ebpf.ProgramSpec `ebpf:"sklookup_inbound"`
 	SkmsgSplice         *ebpf.ProgramSpec `ebpf:"skmsg_splice"`
 	SockopsFull         *ebpf.ProgramSpec `ebpf:"sockops_full"`
@@ -255,6 +278,7 @@ type datapathMapSpecs struct {
 	SbCgCache    *ebpf.MapSpec `ebpf:"sb_cg_cache"`
 	SbCidrExcl   *ebpf.MapSpec `ebpf:"sb_cidr_excl"`
 	SbCidrIncl   *ebpf.MapSpec `ebpf:"sb_cidr_incl"`
+	SbDnsServers *ebpf.MapSpec `ebpf:"sb_dns_servers"`
 	SbGeneration *ebpf.MapSpec `ebpf:"sb_generation"`
 	SbListeners  *ebpf.MapSpec `ebpf:"sb_listeners"`
 	SbPodIps     *ebpf.MapSpec `ebpf:"sb_pod_ips"`
@@ -297,6 +321,7 @@ type datapathMaps struct {
 	SbCgCache    *ebpf.Map `ebpf:"sb_cg_cache"`
 	SbCidrExcl   *ebpf.Map `ebpf:"sb_cidr_excl"`
 	SbCidrIncl   *ebpf.Map `ebpf:"sb_cidr_incl"`
+	SbDnsServers *ebpf.Map `ebpf:"sb_dns_servers"`
 	SbGeneration *ebpf.Map `ebpf:"sb_generation"`
 	SbListeners  *ebpf.Map `ebpf:"sb_listeners"`
 	SbPodIps     *ebpf.Map `ebpf:"sb_pod_ips"`
@@ -314,6 +339,7 @@ func (m *datapathMaps) Close() error {
 		m.SbCgCache,
 		m.SbCidrExcl,
 		m.SbCidrIncl,
+		m.SbDnsServers,
 		m.SbGeneration,
 		m.SbListeners,
 		m.SbPodIps,
@@ -345,6 +371,10 @@ type datapathPrograms struct {
 	Getpeername4Restore *ebpf.Program `ebpf:"getpeername4_restore"`
 	Getpeername6Restore *ebpf.Program `ebpf:"getpeername6_restore"`
 	GetsockoptOrigdst   *ebpf.Program `ebpf:"getsockopt_origdst"`
+	Recvmsg4Restore     *ebpf.Program `ebpf:"recvmsg4_restore"`
+	Recvmsg6Restore     *ebpf.Program `ebpf:"recvmsg6_restore"`
+	Sendmsg4Redirect    *ebpf.Program `ebpf:"sendmsg4_redirect"`
+	Sendmsg6Redirect    *ebpf.Program `ebpf:"sendmsg6_redirect"`
 	SklookupInbound     *ebpf.Program `ebpf:"sklookup_inbound"`
 	SkmsgSplice         *ebpf.Program `ebpf:"skmsg_splice"`
 	SockopsFull         *ebpf.Program `ebpf:"sockops_full"`
@@ -362,6 +392,10 @@ func (p *datapathPrograms) Close() error {
 		p.Getpeername4Restore,
 		p.Getpeername6Restore,
 		p.GetsockoptOrigdst,
+		p.Recvmsg4Restore,
+		p.Recvmsg6Restore,
+		p.Sendmsg4Redirect,
+		p.Sendmsg6Redirect,
 		p.SklookupInbound,
 		p.SkmsgSplice,
 		p.SockopsFull,

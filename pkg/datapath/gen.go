@@ -5,4 +5,4 @@ package datapath
 // building the agent needs no clang. `make generate` reruns this line with
 // the pinned clang; CI fails when the committed output is stale.
 
-//go:generate go tool bpf2go -target bpfel -type sb_addr -type sb_pod -type sb_pod_ip -type sb_sock -type sb_tuple -type sb_sock_key -type sb_listener_key -type sb_port_key -type sb_cidr_key -type sb_port_action -type sb_direction -type sb_stat -type sb_pod_flag -type sb_sock_flag datapath ../../bpf/datapath.c -- -I../../bpf -I../../bpf/include -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror
+//go:generate go tool bpf2go -target bpfel -type sb_addr -type sb_pod -type sb_pod_ip -type sb_sock -type sb_tuple -type sb_sock_key -type sb_listener_key -type sb_port_key -type sb_cidr_key -type sb_port_action -type sb_direction -type sb_stat -type sb_pod_flag -type sb_sock_flag -type sb_dns_key datapath ../../bpf/datapath.c -- -I../../bpf -I../../bpf/include -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror

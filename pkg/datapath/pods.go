@@ -34,6 +34,12 @@ func podValue(p Pod) datapathSbPod {
 	if p.Inbound.AllPorts {
 		v.Flags |= uint32(datapathSbPodFlagSB_POD_IN_ALL_PORTS)
 	}
+	if p.DNS.Capture {
+		v.Flags |= uint32(datapathSbPodFlagSB_POD_DNS_CAPTURE)
+	}
+	if p.DNS.All {
+		v.Flags |= uint32(datapathSbPodFlagSB_POD_DNS_ALL)
+	}
 	return v
 }
 
@@ -74,11 +80,13 @@ func cidrOf(k datapathSbCidrKey) netip.Prefix {
 	return netip.PrefixFrom(addr16(k.Addr), bits)
 }
 
-// podRules are the sb_ports and sb_cidr_* entries one pod owns.
+// podRules are the sb_ports, sb_cidr_* and sb_dns_servers entries one pod
+// owns.
 type podRules struct {
 	ports map[datapathSbPortKey]uint8
 	excl  map[datapathSbCidrKey]bool
 	incl  map[datapathSbCidrKey]bool
+	dns   map[datapathSbDnsKey]bool
 }
 
 func newPodRules() *podRules {
@@ -86,6 +94,7 @@ func newPodRules() *podRules {
 		ports: map[datapathSbPortKey]uint8{},
 		excl:  map[datapathSbCidrKey]bool{},
 		incl:  map[datapathSbCidrKey]bool{},
+		dns:   map[datapathSbDnsKey]bool{},
 	}
 }
 
@@ -137,6 +146,15 @@ func rulesOf(p Pod) (*podRules, error) {
 			l.into[cidrKey(p.CgroupID, pfx)] = true
 		}
 	}
+	if n := len(p.DNS.Nameservers); n > policy.MaxNameservers {
+		return nil, fmt.Errorf("pod %s: %d nameservers, at most %d fit", p.Name, n, policy.MaxNameservers)
+	}
+	for _, a := range p.DNS.Nameservers {
+		if !a.IsValid() || a.Zone() != "" {
+			return nil, fmt.Errorf("pod %s: nameserver %q is not an address", p.Name, a)
+		}
+		r.dns[datapathSbDnsKey{CgroupId: p.CgroupID, Addr: sbAddr(a.Unmap())}] = true
+	}
 	return r, nil
 }
 
@@ -179,6 +197,11 @@ func (dp *Datapath) UpsertPod(p Pod) error {
 			if err := set.m.Put(k, uint8(1)); err != nil {
 				return fmt.Errorf("update pod %s range %s: %w", p.Name, cidrOf(k), err)
 			}
+		}
+	}
+	for k := range rules.dns {
+		if err := dp.maps.SbDnsServers.Put(k, uint8(1)); err != nil {
+			return fmt.Errorf("update pod %s nameserver %s: %w", p.Name, addrOf(k.Addr), err)
 		}
 	}
 
@@ -231,6 +254,9 @@ func (r *podRules) union(o *podRules) *podRules {
 		for k := range from.incl {
 			u.incl[k] = true
 		}
+		for k := range from.dns {
+			u.dns[k] = true
+		}
 	}
 	return u
 }
@@ -266,6 +292,11 @@ func (dp *Datapath) deleteStale(old, keep *podRules) error {
 	for k := range old.incl {
 		if !keep.incl[k] {
 			errs = append(errs, ignoreNotExist(dp.maps.SbCidrIncl.Delete(k)))
+		}
+	}
+	for k := range old.dns {
+		if !keep.dns[k] {
+			errs = append(errs, ignoreNotExist(dp.maps.SbDnsServers.Delete(k)))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -335,6 +366,17 @@ func (dp *Datapath) readRules() (map[uint64]*podRules, error) {
 			return nil, fmt.Errorf("read range rules: %w", err)
 		}
 	}
+	var (
+		dk datapathSbDnsKey
+		dv uint8
+	)
+	it = dp.maps.SbDnsServers.Iterate()
+	for it.Next(&dk, &dv) {
+		get(dk.CgroupId).dns[dk] = true
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read nameservers: %w", err)
+	}
 	return idx, nil
 }
 
@@ -399,6 +441,8 @@ func (dp *Datapath) Pods() ([]Pod, error) {
 		p.IPv6 = addrOf(v.Ip6)
 		p.Outbound.AllIPs = v.Flags&uint32(datapathSbPodFlagSB_POD_OUT_ALL_IPS) != 0
 		p.Inbound.AllPorts = v.Flags&uint32(datapathSbPodFlagSB_POD_IN_ALL_PORTS) != 0
+		p.DNS.Capture = v.Flags&uint32(datapathSbPodFlagSB_POD_DNS_CAPTURE) != 0
+		p.DNS.All = v.Flags&uint32(datapathSbPodFlagSB_POD_DNS_ALL) != 0
 		if r := rules[id]; r != nil {
 			r.decode(&p)
 		}
@@ -448,6 +492,10 @@ func (r *podRules) decode(p *Pod) {
 	for _, l := range [][]uint16{p.Outbound.ExcludePorts, p.Outbound.IncludePorts, p.Inbound.ExcludePorts, p.Inbound.IncludePorts} {
 		slices.Sort(l)
 	}
+	for k := range r.dns {
+		p.DNS.Nameservers = append(p.DNS.Nameservers, addrOf(k.Addr))
+	}
+	slices.SortFunc(p.DNS.Nameservers, netip.Addr.Compare)
 	for _, l := range [][]netip.Prefix{p.Outbound.ExcludeCIDRs, p.Outbound.IncludeCIDRs, p.Outbound.ExcludeCIDRsV6, p.Outbound.IncludeCIDRsV6} {
 		slices.SortFunc(l, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr())*64 + a.Bits() - b.Bits() })
 	}

@@ -2,6 +2,7 @@ package podfile
 
 import (
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -98,4 +99,39 @@ func addrString(a netip.Addr) string {
 		return ""
 	}
 	return a.String()
+}
+
+func TestEntryDNS(t *testing.T) {
+	on, off := true, false
+	tests := []struct {
+		name string
+		e    Entry
+		d    Defaults
+		want policy.DNS
+		err  string
+	}{
+		{"nothing", Entry{}, Defaults{}, policy.DNS{}, ""},
+		{"asked", Entry{DNSCapture: &on, Nameservers: []string{"10.96.0.10", "fd00::a"}}, Defaults{}, policy.DNS{Capture: true, Nameservers: []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fd00::a")}}, ""},
+		{"agent default", Entry{Nameservers: []string{"10.96.0.10"}}, Defaults{DNSCapture: true}, policy.DNS{Capture: true, Nameservers: []netip.Addr{netip.MustParseAddr("10.96.0.10")}}, ""},
+		{"entry off beats default", Entry{DNSCapture: &off, Nameservers: []string{"10.96.0.10"}}, Defaults{DNSCapture: true}, policy.DNS{}, ""},
+		{"capture all", Entry{DNSCapture: &on}, Defaults{DNSAll: true}, policy.DNS{Capture: true, All: true}, ""},
+		{"default without nameservers: none", Entry{}, Defaults{DNSCapture: true}, policy.DNS{}, ""},
+		{"asked without nameservers", Entry{DNSCapture: &on}, Defaults{}, policy.DNS{}, "without \"nameservers\""},
+		{"bad nameserver", Entry{DNSCapture: &on, Nameservers: []string{"dns.example"}}, Defaults{}, policy.DNS{}, "not an IP address"},
+		{"four nameservers", Entry{DNSCapture: &on, Nameservers: []string{"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"}}, Defaults{}, policy.DNS{}, "at most 3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := tt.e.dns(policy.Pod{Capture: true}, tt.d)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err = %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(p.DNS, tt.want) {
+				t.Errorf("DNS = %+v (%v), want %+v", p.DNS, err, tt.want)
+			}
+		})
+	}
 }

@@ -28,6 +28,9 @@ func FuzzEvaluate(f *testing.F) {
 		{cidrCSV(MaxCIDRs + 1), portCSV(portRange(1, MaxPorts+1)), "", "", "", portCSV(portRange(2000, 2060)), "", "", ""},
 		{"::ffff:10.0.0.0/104", "fe80::1%eth0/64", "1-64", "1-65", "\t80\n", "08080", "+80", "", "1"},
 	}
+	// The DNS switch annotation (shape 128 sets it from the second value).
+	f.Add(uint8(0), uint8(128), "", "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n", "", "", "", "", "", "", "")
+	f.Add(uint8(0), uint8(128), "", "proxyMetadata: [", "", "", "", "", "", "", "")
 	for i, s := range seeds {
 		for p := range 3 {
 			f.Add(uint8(p), uint8(i), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8])
@@ -44,6 +47,9 @@ func FuzzEvaluate(f *testing.F) {
 			t.Fatalf("not deterministic:\n%+v\n%+v", ev, again)
 		}
 		checkEvaluation(t, &p, pod, ev)
+		if ev.DNSCapture && !ev.Capture || ev.DNSCapture && len(ev.DNSProblems) > 0 {
+			t.Fatalf("DNS capture %v with capture %v and DNS problems %v", ev.DNSCapture, ev.Capture, ev.DNSProblems)
+		}
 	})
 }
 
@@ -67,6 +73,9 @@ func fuzzPod(p *Preset, shape uint8, values []string, status, mode, inject strin
 	}
 	if len(p.Pinned) > 0 && shape&64 != 0 {
 		set(p.Pinned[int(shape>>4)%len(p.Pinned)].Key, status)
+	}
+	if p.DNSSwitch != nil && shape&128 != 0 {
+		set(p.DNSSwitch.ProxyConfigAnnotation, values[1])
 	}
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: annotations}}
 	if shape&4 != 0 {

@@ -9,6 +9,9 @@ import (
 const (
 	MaxPorts = 64 // per pod and list (include/exclude, inbound/outbound)
 	MaxCIDRs = 64 // per pod and list (include/exclude outbound IPv4 ranges)
+	// MaxNameservers is the most nameservers a pod has: the kubelet
+	// writes at most 3 into a pod's resolv.conf (MaxDNSNameservers).
+	MaxNameservers = 3
 )
 
 // Pod is the capture policy of one pod, as the datapath applies it.
@@ -33,6 +36,23 @@ type Pod struct {
 	Capture  bool     `json:"capture"`
 	Outbound Outbound `json:"outbound"`
 	Inbound  Inbound  `json:"inbound"`
+	// DNS says which of the pod's DNS queries go to the sidecar's DNS
+	// proxy; it applies only when Capture is on.
+	DNS DNS `json:"dns,omitzero"`
+}
+
+// DNS is a pod's DNS capture, as istio-iptables' --redirect-dns and
+// --capture-all-dns rules apply it: UDP and TCP to port 53 of one of
+// Nameservers (or of any address with All) go to the DNS proxy, except the
+// proxy's own queries and unless outbound port 53 is excluded. Address
+// ranges do not apply to DNS.
+type DNS struct {
+	Capture bool `json:"capture"`
+	// All captures every port-53 destination (--capture-all-dns).
+	All bool `json:"all,omitempty"`
+	// Nameservers are the pod's resolv.conf nameservers, both families,
+	// at most MaxNameservers.
+	Nameservers []netip.Addr `json:"nameservers,omitempty"`
 }
 
 // Outbound says which of the app's connections go to the sidecar, with

@@ -64,6 +64,17 @@ type Preset struct {
 	// Pinned are annotations that may only repeat the preset's own
 	// value (proxy uid and ports are load-time constants of the datapath).
 	Pinned []PinnedValue
+
+	// DNSPort is the sidecar's DNS proxy port on 127.0.0.1 and ::1
+	// (Istio: 15053); 0 for a mesh whose DNS sockbridge does not capture.
+	DNSPort uint16
+	// DNSSwitch is where a pod asks for DNS capture (Istio:
+	// ISTIO_META_DNS_CAPTURE); nil for a mesh without one.
+	DNSSwitch *DNSSwitch
+	// MeshDNSCapture is the mesh-wide DNS capture default for pods that
+	// do not say (Istio: meshConfig.defaultConfig.proxyMetadata's
+	// ISTIO_META_DNS_CAPTURE, off by default); the agent's --dns-capture.
+	MeshDNSCapture bool
 }
 
 // InjectSwitch is an on/off label or annotation; the label wins when both
@@ -126,6 +137,14 @@ type Evaluation struct {
 	// Problems lists rejected annotation values. A pod with any Problem
 	// is not captured (see the package documentation).
 	Problems []Problem
+	// DNSCapture: the pod asks for DNS capture (only ever true with
+	// Capture); DNSSource says where that was read, for logs and events.
+	DNSCapture bool
+	DNSSource  string
+	// DNSProblems are DNS switch values that are not a boolean: DNS is
+	// not captured, as the sidecar itself reads them as off, and the rest
+	// of the policy applies (see DNSSwitch).
+	DNSProblems []Problem
 }
 
 // Problem is one annotation that could not be used.
@@ -228,6 +247,11 @@ func (p *Preset) Evaluate(pod *corev1.Pod) Evaluation {
 				Err: errors.New("unknown interception mode"),
 			})
 		}
+	}
+
+	dnsOn, dnsSource, dnsProblems, configProblem := p.dnsCapture(pod)
+	if configProblem != nil {
+		ev.Problems = append(ev.Problems, *configProblem)
 	}
 
 	for _, key := range p.Unsupported {
@@ -342,6 +366,7 @@ func (p *Preset) Evaluate(pod *corev1.Pod) Evaluation {
 	}
 	ev.Capture = true
 	ev.Outbound, ev.Inbound = out, in
+	ev.DNSCapture, ev.DNSSource, ev.DNSProblems = dnsOn, dnsSource, dnsProblems
 	return ev
 }
 

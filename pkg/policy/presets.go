@@ -54,6 +54,13 @@ func istioPreset() Preset {
 			"traffic.sidecar.istio.io/kubevirtInterfaces",
 			"istio.io/reroute-virtual-interfaces",
 		},
+		// The agent's DNS proxy (pilot-agent DNS_PROXY_ADDR
+		// localhost:15053), switched by ISTIO_META_DNS_CAPTURE.
+		DNSPort: 15053,
+		DNSSwitch: &DNSSwitch{
+			ProxyConfigAnnotation: "proxy.istio.io/config",
+			Key:                   "ISTIO_META_DNS_CAPTURE",
+		},
 	}
 }
 

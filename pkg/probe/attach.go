@@ -33,6 +33,10 @@ func cgroupAttachTypes() []attachType {
 		{"cgroup/bind6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Bind, "4.17", NeedInbound},
 		{"cgroup/getsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupGetsockopt, "5.3", NeedCapture},
 		{"cgroup/sock_ops", ebpf.SockOps, ebpf.AttachCGroupSockOps, "4.13", NeedCapture},
+		{"cgroup/sendmsg4", ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP4Sendmsg, "4.18", NeedDNS},
+		{"cgroup/sendmsg6", ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Sendmsg, "4.18", NeedDNS},
+		{"cgroup/recvmsg4", ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP4Recvmsg, "5.2", NeedDNS},
+		{"cgroup/recvmsg6", ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Recvmsg, "5.2", NeedDNS},
 	}
 }
 

@@ -129,10 +129,10 @@ func TestProbeCommand(t *testing.T) {
 		oneLineRC bool // stderr is exactly one line
 	}{
 		{name: "json", args: []string{"--json"}, exit: 0, json: true, splice: true},
-		{name: "table", args: nil, exit: 0, stdout: []string{"selftest/splice", "capture: on\nipv6: on\ninbound: on\nsplice: on\n"}},
+		{name: "table", args: nil, exit: 0, stdout: []string{"selftest/splice", "capture: on\nipv6: on\ninbound: on\nsplice: on\ndns: on\n"}},
 		{name: "splice forced off", args: []string{"--json", "--without", "selftest/splice"}, exit: 0, json: true},
 		{name: "splice forced off, table", args: []string{"--without", "sockhash"}, exit: 0,
-			stdout: []string{"capture: on\nipv6: on\ninbound: off because sockhash map type turned off on request\nsplice: off because sockhash map type turned off on request"}},
+			stdout: []string{"capture: on\nipv6: on\ndns: on\ninbound: off because sockhash map type turned off on request\nsplice: off because sockhash map type turned off on request"}},
 		{name: "essential missing", args: []string{"--without", "cgroup/getpeername4"}, exit: 1,
 			stdout: []string{"capture: off because cgroup/getpeername4"}, stderr: "cgroup/getpeername4 attach type turned off on request", oneLineRC: true},
 		{name: "essential missing, json", args: []string{"--json", "--without", "bpf_link/cgroup"}, exit: 1, json: true,

@@ -50,6 +50,10 @@ const (
 	// type); without one the agent runs without inbound capture and
 	// says so for every pod that asks for it.
 	NeedInbound Need = "inbound"
+	// NeedDNS features capture the pods' DNS (UDP sendmsg and recvmsg
+	// hooks); without one the agent runs with DNS capture off and tells
+	// the pods that ask for it.
+	NeedDNS Need = "dns"
 	// NeedNone features are reported for information only.
 	NeedNone Need = "none"
 )
@@ -111,6 +115,8 @@ type Plan struct {
 	// Inbound is true when capture is on and connections to a pod's
 	// ports from any source can be handed to its sidecar (sk_lookup).
 	Inbound bool `json:"inbound"`
+	// DNS is true when capture is on and the DNS capture hooks work.
+	DNS bool `json:"dns"`
 	// Reasons explains each part that is off, one line each, e.g.
 	// "splice: off because selftest/splice failed: ...".
 	Reasons []string `json:"reasons"`
@@ -193,6 +199,11 @@ func (r *Report) Plan() Plan {
 	} else {
 		p.Inbound = true
 	}
+	if missing := r.missing(NeedDNS); len(missing) > 0 {
+		p.Reasons = append(p.Reasons, "dns: off because "+describe(missing))
+	} else {
+		p.DNS = true
+	}
 	if missing := r.missing(NeedSplice); len(missing) > 0 {
 		p.Reasons = append(p.Reasons, "splice: off because "+describe(missing))
 		return p
@@ -226,6 +237,9 @@ func (p Plan) Lines() []string {
 	}
 	if p.Splice {
 		lines = append(lines, "splice: on")
+	}
+	if p.DNS {
+		lines = append(lines, "dns: on")
 	}
 	return append(lines, p.Reasons...)
 }

@@ -170,8 +170,10 @@ func TestPlanLines(t *testing.T) {
 		report *Report
 		want   []string
 	}{
-		{allSupported(), []string{"capture: on", "ipv6: on", "inbound: on", "splice: on"}},
-		{allSupported().Without("sk_msg"), []string{"capture: on", "ipv6: on", "inbound: on", "splice: off because sk_msg program type turned off on request"}},
+		{allSupported(), []string{"capture: on", "ipv6: on", "inbound: on", "splice: on", "dns: on"}},
+		{allSupported().Without("sk_msg"), []string{"capture: on", "ipv6: on", "inbound: on", "dns: on", "splice: off because sk_msg program type turned off on request"}},
+		// Without the DNS hooks the rest runs; the plan says why DNS is off.
+		{allSupported().Without("cgroup/recvmsg6"), []string{"capture: on", "ipv6: on", "inbound: on", "splice: on", "dns: off because cgroup/recvmsg6 attach type turned off on request"}},
 		{allSupported().Without("sock_ops"), []string{"capture: off because sock_ops program type turned off on request", "splice: off because capture is off"}},
 		// Where AF_INET6 sockets exist, capturing IPv4 alone would let
 		// them bypass the sidecar: refused.
@@ -181,10 +183,10 @@ func TestPlanLines(t *testing.T) {
 			"ipv6: the kernel has IPv6 sockets, so capturing IPv4 alone would let them bypass the sidecar"}},
 		// A kernel without IPv6 sockets: IPv4 only, said in the plan.
 		{allSupported().Without(FeatureIPv6Sockets, "cgroup/connect6", "cgroup/getpeername6"), []string{
-			"capture: on", "inbound: on", "splice: on", "ipv6: off because the kernel has no IPv6 sockets (nothing to capture, nothing can bypass)"}},
+			"capture: on", "inbound: on", "splice: on", "dns: on", "ipv6: off because the kernel has no IPv6 sockets (nothing to capture, nothing can bypass)"}},
 		// Without sk_lookup: no inbound capture, said in the plan.
 		{allSupported().Without("sk_lookup"), []string{
-			"capture: on", "ipv6: on", "splice: on", "inbound: off because sk_lookup program type turned off on request"}},
+			"capture: on", "ipv6: on", "splice: on", "dns: on", "inbound: off because sk_lookup program type turned off on request"}},
 	}
 	for _, tt := range tests {
 		if got := tt.report.Plan().Lines(); !slices.Equal(got, tt.want) {

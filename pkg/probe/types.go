@@ -177,6 +177,8 @@ func needOf(feature string) Need {
 		return NeedSplice
 	case datapath.FeatureInbound:
 		return NeedInbound
+	case datapath.FeatureDNS:
+		return NeedDNS
 	}
 	return NeedCapture
 }
@@ -190,10 +192,12 @@ func needRank(n Need) int {
 		return 1
 	case NeedInbound:
 		return 2
-	case NeedSplice:
+	case NeedDNS:
 		return 3
+	case NeedSplice:
+		return 4
 	}
-	return 4
+	return 5
 }
 
 // helperName turns asm.FnMapLookupElem into "bpf_map_lookup_elem".

@@ -27,6 +27,7 @@ type settings struct {
 	CTConns       int
 	Variants      []int
 	Sbpeer        string // prebuilt sbpeer; "" builds it
+	DNS           bool   // run the DNS row too (dns.go)
 	Command       string // how the run was started, for the report
 }
 

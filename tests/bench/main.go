@@ -60,6 +60,7 @@ func parseFlags(args []string) (settings, error) {
 	fs.IntVar(&s.CTConns, "ct-conns", s.CTConns, "sequential connections whose conntrack entries are counted")
 	variants := fs.String("variants", "1,2,3,4,5", "variants to run, comma-separated")
 	fs.StringVar(&s.Sbpeer, "sbpeer", "", "prebuilt sbpeer binary (default: go build ./tests/sbpeer)")
+	fs.BoolVar(&s.DNS, "dns", true, "also run the DNS row (dns.go): sockbridge's DNS capture against istio-iptables' DNS rules")
 	if err := fs.Parse(args); err != nil {
 		return s, err
 	}
@@ -119,9 +120,18 @@ func run(t *programTB, s settings) error {
 		return err
 	}
 	fmt.Print(res.markdown())
-	t.Logf("results in %s (results.md, samples.csv, summary.csv, bpf.csv, chart.png, iptables-nat.rules)", s.Out)
-	if len(res.Failures) > 0 {
-		return fmt.Errorf("%d workload run(s) failed (listed under Failures)", len(res.Failures))
+	failures := len(res.Failures)
+	if s.DNS {
+		dns := runDNSBench(t, s)
+		if err := dns.writeFiles(s.Out); err != nil {
+			return err
+		}
+		fmt.Print(dns.markdown())
+		failures += len(dns.Failures)
+	}
+	t.Logf("results in %s (results.md, samples.csv, summary.csv, bpf.csv, chart.png, iptables-nat.rules, dns.csv, iptables-dns.rules)", s.Out)
+	if failures > 0 {
+		return fmt.Errorf("%d workload run(s) failed (listed under Failures)", failures)
 	}
 	return nil
 }

@@ -193,6 +193,12 @@ type agent struct {
 // startAgent runs the controller as the agent's RBAC user.
 func (k *kube) startAgent(dp controller.Datapath) *agent {
 	k.t.Helper()
+	return k.startAgentDNS(dp, controller.DNSConfig{})
+}
+
+// startAgentDNS is startAgent with DNS capture settings.
+func (k *kube) startAgentDNS(dp controller.Datapath, dns controller.DNSConfig) *agent {
+	k.t.Helper()
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
 	log.SetOutput(io.Discard)
@@ -202,7 +208,7 @@ func (k *kube) startAgent(dp controller.Datapath) *agent {
 	c, err := controller.New(controller.Config{
 		Client: k.agent, NodeName: nodeName, Preset: k.preset,
 		CgroupRoot: k.cgroupRoot, Datapath: dp, Log: log,
-		MaxRetryDelay: 100 * time.Millisecond,
+		MaxRetryDelay: 100 * time.Millisecond, DNS: dns,
 	})
 	if err != nil {
 		k.t.Fatalf("controller: %v", err)

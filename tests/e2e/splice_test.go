@@ -124,7 +124,8 @@ func waitNoFlows(t *testing.T, e *env) {
 			return
 		}
 	}
-	t.Errorf("after every connection closed: %d sockets with state, %d in the sockhash", live, spliced)
+	flows, _ := e.dp.Flows()
+	t.Errorf("after every connection closed: %d sockets with state, %d in the sockhash: %+v", live, spliced, flows)
 }
 
 // Two pods open connections with identical loopback 4-tuples

@@ -55,6 +55,12 @@ func main() {
 		err = gosidecar(os.Args[2:])
 	case "sink", "reqresp", "bulk": // benchmark modes, bench.go
 		err = benchMode(os.Args[1], os.Args[2:])
+	case "resolve": // DNS modes, dns.go
+		err = resolve(os.Args[2:])
+	case "dnsquery":
+		err = dnsquery(os.Args[2:])
+	case "dnsload":
+		err = dnsload(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown mode %q (valid: serve, roundtrip, conns, sockopts, hold)", os.Args[1])
 	}
