@@ -81,7 +81,7 @@ func TestForPresetMatchesIstioDefaults(t *testing.T) {
 		p, _ := policy.PresetByName(name)
 		c.ForPreset(p)
 		c.CgroupPath, c.PinDir = "/x", "/y"
-		if err := c.validate(); err != nil {
+		if err := c.Validate(); err != nil {
 			t.Errorf("preset %s: %v", name, err)
 		}
 	}
