@@ -196,6 +196,17 @@ func (e *env) stats() bpfobj.Values {
 	return s
 }
 
+// pinnedStats reads the counters from the pinned maps, as `sockbridge maps`
+// does: for tests whose datapath an agent process loaded.
+func (e *env) pinnedStats(t *testing.T) bpfobj.Values {
+	t.Helper()
+	snap, err := datapath.ReadPinned(e.pinDir)
+	if err != nil {
+		t.Fatalf("read pinned maps: %v", err)
+	}
+	return snap.Stats
+}
+
 // Results of sbpeer modes.
 type roundtripResult struct {
 	ServerSawPeer string `json:"server_saw_peer"`
@@ -212,10 +223,11 @@ type resetResult struct {
 }
 
 type connsResult struct {
-	OK       int64   `json:"ok"`
-	Failed   int64   `json:"failed"`
-	FirstErr string  `json:"first_error"`
-	PerSec   float64 `json:"per_second"`
+	OK       int64    `json:"ok"`
+	Failed   int64    `json:"failed"`
+	FirstErr string   `json:"first_error"`
+	Errors   []string `json:"errors"`
+	PerSec   float64  `json:"per_second"`
 }
 
 type optResult struct {
