@@ -100,9 +100,17 @@ func newEnvWith(t *testing.T, edit func(*datapath.Config)) *env {
 // run the agent binary.
 func newBareEnv(t *testing.T) *env {
 	t.Helper()
+	return newBareEnvIn(t, "")
+}
+
+// newBareEnvIn is newBareEnv with the test cgroup (sockbridge's attach
+// point, standing in for the node's cgroup root) created below parent, a
+// cgroup the test created; "" means below the cgroup2 root.
+func newBareEnvIn(t *testing.T, parent string) *env {
+	t.Helper()
 	testutil.RequirePrivileged(t, "haproxy", "bpftool", "ss", "sysctl")
 	e := &env{t: t, dir: t.TempDir()}
-	e.cgroup = testutil.TestCgroup(t)
+	e.cgroup = testutil.Cgroup(t, parent, "sockbridge-test-"+testutil.RandomSuffix())
 	suffix := testutil.RandomSuffix()
 	e.pinDir = testutil.PinDir(t)
 	t.Cleanup(func() {
