@@ -267,6 +267,7 @@ func TestAgentMetrics(t *testing.T) {
 type bpftoolMapInfo struct {
 	Type       string `json:"type"`
 	MaxEntries uint32 `json:"max_entries"`
+	BTFID      int    `json:"btf_id"`
 }
 
 func bpftoolMap(t *testing.T, pin string) bpftoolMapInfo {
