@@ -127,4 +127,3 @@ func bpftoolDump(t *testing.T, pin string) string {
 	}
 	return strings.TrimSpace(string(out))
 }
-
