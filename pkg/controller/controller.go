@@ -121,10 +121,12 @@ type Controller struct {
 	pending map[string]int
 	// listErr is the informer's last list or watch error, until it syncs.
 	listErr error
-	// emptyStart is set when the first list had no pod of this node: the
-	// datapath's entries were left alone and are reconciled only once a
-	// pod of the node shows up (a wrong node name must not uncapture the
-	// node's pods).
+	// nodeExists is whether the API server confirmed this node exists.
+	nodeExists bool
+	// emptyStart is set when the first list had no pod of this node and
+	// the node could not be confirmed to exist: the datapath's entries
+	// were left alone and are reconciled only once a pod of the node shows
+	// up (a wrong node name must not uncapture the node's pods).
 	emptyStart bool
 }
 
@@ -257,7 +259,10 @@ func (c *Controller) Run(ctx context.Context) error {
 		defer b.Shutdown()
 	}
 	go c.informer.RunWithContext(ctx)
-	c.checkNode(ctx)
+	exists := c.checkNode(ctx)
+	c.mu.Lock()
+	c.nodeExists = exists
+	c.mu.Unlock()
 	if err := c.waitSynced(ctx); err != nil {
 		return err
 	}
@@ -348,20 +353,23 @@ func (c *Controller) waitSynced(ctx context.Context) error {
 	}
 }
 
-// checkNode warns when this node is not known to the API server: with a
-// wrong node name the controller would see no pods at all. A node the
-// agent may not read (no "get nodes" grant) is not an error.
-func (c *Controller) checkNode(ctx context.Context) {
+// checkNode reports whether the API server confirms this node exists, and
+// warns when it does not: with a wrong node name the controller would see
+// no pods at all. A node the agent may not read (no "get nodes" grant) is
+// not an error, but not confirmed either.
+func (c *Controller) checkNode(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	_, err := c.cfg.Client.CoreV1().Nodes().Get(ctx, c.cfg.NodeName, metav1.GetOptions{})
 	switch {
 	case err == nil:
+		return true
 	case apierrors.IsNotFound(err):
 		c.log.Warnf("node %q does not exist in the API server: is --node-name right? No pod will be captured or removed until pods of that node appear", c.cfg.NodeName)
 	default:
 		c.log.WithError(err).Infof("cannot check that node %q exists", c.cfg.NodeName)
 	}
+	return false
 }
 
 // PodStates counts the pods the controller knows by capture state:
@@ -611,10 +619,11 @@ func (c *Controller) reconcile(why string) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.informer.GetStore().ListKeys()) == 0 && (why == "start" || c.emptyStart) {
+	if len(c.informer.GetStore().ListKeys()) == 0 && !c.nodeExists && (why == "start" || c.emptyStart) {
 		// A wrong node name lists nothing: never let it empty the map.
+		// An existing node with no pods is a real empty list.
 		c.emptyStart = true
-		c.log.WithField("why", why).Warn("no pod is bound to this node: the datapath's pod entries are left as they are until one is")
+		c.log.WithField("why", why).Warn("no pod is bound to this node, which the API server does not confirm exists: the datapath's pod entries are left as they are until a pod of the node shows up")
 		return
 	}
 	c.emptyStart = false

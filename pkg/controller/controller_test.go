@@ -282,9 +282,10 @@ func latencySamples(t *testing.T, c *Controller) uint64 {
 	return m.GetHistogram().GetSampleCount()
 }
 
-// A wrong node name lists no pod: the first, empty list must not empty the
-// datapath (its entries belong to the node's real pods), not even at a
-// resync. Once a pod of the node shows up, the next resync reconciles.
+// A wrong node name lists no pod, and the API server knows no such Node:
+// the first, empty list must not empty the datapath (its entries belong to
+// the node's real pods), not even at a resync. Once a pod of the node shows
+// up, the next resync reconciles.
 func TestControllerEmptyFirstListKeepsPods(t *testing.T) {
 	dp := newMemDatapath()
 	dp.pods[999] = policy.Pod{Name: "real/pod", CgroupID: 999, Capture: true}
@@ -310,6 +311,20 @@ func TestControllerEmptyFirstListKeepsPods(t *testing.T) {
 	})
 	if s := e.c.PodStates(); s["capture"] != 1 || s["no_capture"] != 0 || s["retrying"] != 0 {
 		t.Errorf("pod states = %v, want one captured", s)
+	}
+}
+
+// A node the API server confirms, with no pods: the empty first list is
+// real, and the start reconcile removes the entries of pods deleted while
+// no agent ran.
+func TestControllerEmptyNodeReconciles(t *testing.T) {
+	dp := newMemDatapath()
+	dp.pods[999] = policy.Pod{Name: "gone/while-down", CgroupID: 999, Capture: true}
+	e := &unitEnv{t: t, root: t.TempDir(), client: fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}}), dp: dp, events: record.NewFakeRecorder(100)}
+	mkdirs(t, e.root, "kubepods/burstable")
+	e.start()
+	if _, ok := dp.snapshot()[999]; ok || dp.syncs != 1 {
+		t.Fatalf("existing empty node: stale entry kept or no SyncPods (syncs=%d)", dp.syncs)
 	}
 }
 
