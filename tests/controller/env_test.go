@@ -28,6 +28,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/sockbridge/sockbridge/internal/kubetest"
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/controller"
 	"github.com/sockbridge/sockbridge/pkg/policy"
@@ -69,7 +70,7 @@ const (
 // kube is one test's control plane and cgroup tree.
 type kube struct {
 	t      *testing.T
-	api    *testutil.KubeAPI
+	api    *kubetest.KubeAPI
 	admin  kubernetes.Interface
 	agent  kubernetes.Interface
 	preset *policy.Preset
@@ -83,12 +84,12 @@ func newKube(t *testing.T) *kube {
 	testutil.RequirePrivileged(t)
 	k := &kube{t: t}
 	k.cgroupRoot = testutil.TestCgroup(t)
-	k.api = testutil.StartKubeAPI(t, testutil.KubeUser{
+	k.api = kubetest.StartKubeAPI(t, kubetest.KubeUser{
 		Name:   agentUser,
 		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:sockbridge", "system:authenticated"},
-	}, testutil.KubeUser{Name: unboundUser, Groups: []string{"system:authenticated"}})
+	}, kubetest.KubeUser{Name: unboundUser, Groups: []string{"system:authenticated"}})
 	k.api.ApplyKustomization(t, "../../deploy")
-	k.admin = k.api.Client(t, testutil.KubeAdmin)
+	k.admin = k.api.Client(t, kubetest.KubeAdmin)
 	k.agent = k.api.Client(t, agentUser)
 	ctx := context.Background()
 	if _, err := k.admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}}, metav1.CreateOptions{}); err != nil {
