@@ -36,7 +36,7 @@ PRIVILEGED_PKGS := ./tests/...
 test-unit: ## Run the unit tests (no root needed; privileged tests in pkg/probe skip without root)
 	$(GO) test -count=1 $(UNIT_PKGS)
 
-test-privileged: deps kube-apiserver ## Run the privileged end-to-end tests, one package at a time (root; CI=true turns skips into failures)
+test-privileged: deps kube-apiserver ## Run the end-to-end tests (tests/...: kernel, HAProxy, kube-apiserver, manifests), one package at a time (root; CI=true turns skips into failures)
 	$(GO) test -count=1 -p 1 -timeout 60m $(PRIVILEGED_PKGS)
 
 test-kernels: ## Boot Debian's 6.1 and 6.12 cloud kernels under qemu and run the probe and core e2e tests inside (root)
@@ -77,5 +77,5 @@ clean: ## Remove build output
 	rm -rf $(BIN)
 
 .PHONY: kube-apiserver
-kube-apiserver: ## Build kube-apiserver from the Go module proxy for the controller tests (cached by version; cold 7-9 min)
+kube-apiserver: ## Build kube-apiserver from the Go module proxy for the controller and manifest tests (cached by version; cold 7-9 min)
 	@scripts/kube-apiserver.sh
