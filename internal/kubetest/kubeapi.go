@@ -25,6 +25,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
 )
@@ -341,4 +343,24 @@ func tail(b []byte, n int) []byte {
 		return b[len(b)-n:]
 	}
 	return b
+}
+
+// Kubeconfig writes a kubeconfig file authenticating as user (for a
+// process such as the agent binary) into dir and returns its path.
+func (k *KubeAPI) Kubeconfig(t testing.TB, dir, user string) string {
+	t.Helper()
+	tok, ok := k.tokens[user]
+	if !ok {
+		t.Fatalf("kube api: no user %q", user)
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: k.URL, InsecureSkipTLSVerify: true}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: tok}
+	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: user}
+	cfg.CurrentContext = "test"
+	path := filepath.Join(dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatalf("write kubeconfig: %v", err)
+	}
+	return path
 }

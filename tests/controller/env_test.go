@@ -35,7 +35,7 @@ import (
 )
 
 // Binaries built once for the package.
-var bin struct{ sbpeer string }
+var bin struct{ sbpeer, sockbridge string }
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "sockbridge-controller-bin-")
@@ -44,9 +44,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin.sbpeer = filepath.Join(dir, "sbpeer")
-	if b, err := exec.Command("go", "build", "-o", bin.sbpeer, "../sbpeer").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build sbpeer: %v\n%s", err, b)
-		os.Exit(1)
+	bin.sockbridge = filepath.Join(dir, "sockbridge")
+	for out, pkg := range map[string]string{bin.sbpeer: "../sbpeer", bin.sockbridge: "../../cmd/sockbridge"} {
+		if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, b)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

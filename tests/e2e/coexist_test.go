@@ -5,7 +5,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
@@ -62,8 +61,8 @@ func TestCoexistWithSocketLBAbove(t *testing.T) {
 	podFile := filepath.Join(e.dir, "pods.json")
 	writeJSON(t, podFile, map[string]any{"pods": []map[string]any{{"name": "test/a", "cgroup": a.cgroup, "ip": podAIP.String()}}})
 	agentArgs := []string{"--cgroup", e.cgroup, "--bpffs-dir", e.pinDir, "--pods-file", podFile}
-	agent, base := startServingAgent(t, agentArgs...)
-	waitReady(t, base, agent)
+	agent := testutil.StartAgent(t, bin.sockbridge, agentArgs...)
+	agent.WaitReady(t)
 
 	translated := func() uint64 {
 		t.Helper()
@@ -95,16 +94,13 @@ func TestCoexistWithSocketLBAbove(t *testing.T) {
 	}
 	captured(1)
 
-	if err := syscall.Kill(-agent.Cmd.Process.Pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	agent.Wait()
-	agent, base = startServingAgent(t, agentArgs...)
-	waitReady(t, base, agent)
+	agent.Kill(t)
+	agent = testutil.StartAgent(t, bin.sockbridge, agentArgs...)
+	agent.WaitReady(t)
 	requireAttached(t, node, lbID, "after an agent restart")
 	captured(2)
 
-	stopAgent(t, agent)
+	stopAgent(t, agent.Proc)
 	if out, err := exec.Command(bin.sockbridge, "uninstall", "--bpffs-dir", e.pinDir).CombinedOutput(); err != nil {
 		t.Fatalf("sockbridge uninstall: %v\n%s", err, out)
 	}

@@ -3,12 +3,10 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,55 +21,6 @@ import (
 	"github.com/sockbridge/sockbridge/pkg/datapath"
 )
 
-// startServingAgent starts the agent binary with --metrics-addr on a free
-// loopback port and returns it with its http://host:port.
-func startServingAgent(t *testing.T, args ...string) (*testutil.Proc, string) {
-	t.Helper()
-	p := testutil.Start(t, testutil.ProcSpec{Args: append([]string{bin.sockbridge, "agent", "--metrics-addr", "127.0.0.1:0"}, args...)})
-	re := regexp.MustCompile(`serving /metrics.* addr="?([0-9.]+:[0-9]+)`)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if m := re.FindStringSubmatch(p.Output()); m != nil {
-			return p, "http://" + m[1]
-		}
-		if done, err := p.Exited(); done || time.Now().After(deadline) {
-			t.Fatalf("agent never said where it serves (exited %v, %v):\n%s", done, err, p.Output())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// get fetches url and returns the status code and body.
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	return resp.StatusCode, string(b)
-}
-
-// waitReady polls /readyz until it answers 200.
-func waitReady(t *testing.T, base string, agent *testutil.Proc) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		code, body := get(t, base+"/readyz")
-		if code == http.StatusOK {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/readyz still %d after 30 s: %s\nagent:\n%s", code, body, agent.Output())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // A pod file missing at start: the agent logs it, runs with the pod map as
 // it is (empty on a fresh node) and is alive but not ready, saying why;
 // once the file exists, SIGHUP reads it and the agent is ready.
@@ -79,14 +28,14 @@ func TestPodFileMissingNotReady(t *testing.T) {
 	e := newBareEnv(t)
 	a := e.addPod("a", podAIP, podOpts{sidecar: true})
 	podFile := filepath.Join(e.dir, "pods.json")
-	agent, base := startServingAgent(t, "--cgroup", e.cgroup, "--bpffs-dir", e.pinDir, "--pods-file", podFile)
+	agent := testutil.StartAgent(t, bin.sockbridge, "--cgroup", e.cgroup, "--bpffs-dir", e.pinDir, "--pods-file", podFile)
 	if !agent.WaitOutput("pod file unreadable", 30*time.Second) {
 		t.Fatalf("agent did not report the missing pod file:\n%s", agent.Output())
 	}
-	if code, body := get(t, base+"/healthz"); code != http.StatusOK {
+	if code, body := testutil.Get(t, agent.Base+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz = %d %s, want 200", code, body)
 	}
-	code, body := get(t, base+"/readyz")
+	code, body := testutil.Get(t, agent.Base+"/readyz")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "pods: read pod file") || !strings.Contains(body, "no such file") {
 		t.Errorf("/readyz = %d %q, want 503 naming the missing pod file", code, body)
 	}
@@ -106,7 +55,7 @@ func TestPodFileMissingNotReady(t *testing.T) {
 
 	writeJSON(t, podFile, map[string]any{"pods": []map[string]any{{"name": "test/a", "cgroup": a.cgroup, "ip": podAIP.String()}}})
 	agent.Cmd.Process.Signal(syscall.SIGHUP)
-	waitReady(t, base, agent)
+	agent.WaitReady(t)
 	var r roundtripResult
 	a.run(t, &r, "roundtrip", "-addr", serverAddr(), "-bytes", "100")
 	if !r.Intact || len(a.sidecar.WaitLogLines("outbound", 1)) != 1 {
@@ -117,7 +66,7 @@ func TestPodFileMissingNotReady(t *testing.T) {
 // scrape reads /metrics into metric families by name.
 func scrape(t *testing.T, base string) map[string]*dto.MetricFamily {
 	t.Helper()
-	code, body := get(t, base+"/metrics")
+	code, body := testutil.Get(t, base+"/metrics")
 	if code != http.StatusOK {
 		t.Fatalf("/metrics = %d: %s", code, body)
 	}
@@ -172,15 +121,15 @@ func TestAgentMetrics(t *testing.T) {
 		{"name": "test/a", "cgroup": a.cgroup, "ip": podAIP.String()},
 		{"name": "test/broken", "cgroup": "does/not/exist"},
 	}})
-	agent, base := startServingAgent(t, "--cgroup", e.cgroup, "--bpffs-dir", e.pinDir, "--pods-file", podFile, "--bpf-stats")
-	waitReady(t, base, agent)
+	agent := testutil.StartAgent(t, bin.sockbridge, "--cgroup", e.cgroup, "--bpffs-dir", e.pinDir, "--pods-file", podFile, "--bpf-stats")
+	agent.WaitReady(t)
 	const conns = 20
 	var r connsResult
 	a.run(t, &r, "conns", "-addr", serverAddr(), "-n", fmt.Sprint(conns), "-parallel", "1")
 	if r.OK != conns {
 		t.Fatalf("traffic: %+v", r)
 	}
-	mfs := scrape(t, base)
+	mfs := scrape(t, agent.Base)
 
 	spec, err := datapath.Spec()
 	if err != nil {
