@@ -85,9 +85,8 @@ type Config struct {
 }
 
 // Plan probes the kernel and decides what the agent enables: the probe's
-// plan, minus the features turned off. It fails with the probe's one-line
-// reason when an essential is missing. The report is returned too, once
-// the probe ran.
+// plan, minus the features turned off, with the probe's report. It fails
+// with the probe's one-line reason when an essential is missing.
 func Plan(ctx context.Context, cfg Config) (*probe.Report, probe.Plan, error) {
 	report, err := probe.Run(ctx, probe.Options{CgroupRoot: cfg.CgroupRoot, BPFFS: cfg.Datapath.PinDir})
 	if err != nil {
@@ -160,13 +159,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}
 	report, plan, err := Plan(ctx, cfg)
-	if report != nil {
-		if rerr := registerProbe(reg, report, plan); rerr != nil {
-			return errors.Join(err, fmt.Errorf("register probe metrics: %w", rerr))
-		}
-	}
 	if err != nil {
 		return err
+	}
+	if err := registerProbe(reg, report, plan); err != nil {
+		return fmt.Errorf("register probe metrics: %w", err)
 	}
 	for _, line := range plan.Lines() {
 		log.Info("plan: " + line)
@@ -272,7 +269,7 @@ func (pf *podFileSource) states() map[string]int {
 // sync applies the file; a file that cannot be read leaves the pod map as
 // it is and the agent not ready until a SIGHUP reads it.
 func (pf *podFileSource) sync() {
-	n, states, err := syncPodFile(pf.cfg.Log, pf.dp, pf.cfg)
+	states, err := syncPodFile(pf.cfg.Log, pf.dp, pf.cfg)
 	if err != nil {
 		pf.ready.set(checkPods, err.Error())
 		return
@@ -281,18 +278,18 @@ func (pf *podFileSource) sync() {
 	pf.counts = states
 	pf.mu.Unlock()
 	pf.ready.set(checkPods, "")
-	pf.cfg.Log.WithField("pods", n).Info(fmt.Sprintf("pods synced from %s", pf.cfg.PodFile))
+	pf.cfg.Log.WithField("pods", states["capture"]+states["no_capture"]).Info(fmt.Sprintf("pods synced from %s", pf.cfg.PodFile))
 }
 
-// syncPodFile makes the pod map equal the file and returns the number of
-// pods applied and the pods by state. Bad entries are logged and left out:
-// they must not take the other pods' capture down. It fails, leaving the
-// pod map alone, when the file cannot be read or the map not updated.
-func syncPodFile(log *logrus.Logger, dp *datapath.Datapath, cfg Config) (int, map[string]int, error) {
+// syncPodFile makes the pod map equal the file and returns the pods by
+// state. Bad entries are logged and left out: they must not take the other
+// pods' capture down. It fails when the file cannot be read (the pod map is
+// left alone) or the pod map could not be updated.
+func syncPodFile(log *logrus.Logger, dp *datapath.Datapath, cfg Config) (map[string]int, error) {
 	f, err := podfile.Read(cfg.PodFile)
 	if err != nil {
 		log.WithError(err).Error("pod file unreadable; keeping the current pods, not ready until it is read (SIGHUP rereads it)")
-		return 0, nil, err
+		return nil, err
 	}
 	pods, rerr := f.Resolve(cfg.CgroupRoot)
 	if rerr != nil {
@@ -300,7 +297,7 @@ func syncPodFile(log *logrus.Logger, dp *datapath.Datapath, cfg Config) (int, ma
 	}
 	if err := dp.SyncPods(pods); err != nil {
 		log.WithError(err).Error("update pod map")
-		return 0, nil, fmt.Errorf("update pod map: %w", err)
+		return nil, fmt.Errorf("update pod map: %w", err)
 	}
 	states := map[string]int{"capture": 0, "no_capture": 0, "invalid": len(f.Pods) - len(pods)}
 	for _, p := range pods {
@@ -310,5 +307,5 @@ func syncPodFile(log *logrus.Logger, dp *datapath.Datapath, cfg Config) (int, ma
 			states["no_capture"]++
 		}
 	}
-	return len(pods), states, nil
+	return states, nil
 }

@@ -189,7 +189,7 @@ func New(cfg Config) (*Controller, error) {
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "sockbridge_controller_event_to_datapath_seconds",
 			Help: "Delay from a pod event reaching the controller to the datapath's maps holding its result; events that change nothing in the datapath are not counted.",
-			// The target is p99 <= 50 ms; measured p99 is about 2 ms.
+			// The target is p99 <= 50 ms; measured p99 <= 5 ms (TestLatency).
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}),
 		ready:    make(chan struct{}),
@@ -345,11 +345,10 @@ func (c *Controller) waitSynced(ctx context.Context) error {
 		c.mu.Lock()
 		err := c.listErr
 		c.mu.Unlock()
-		l := c.log.WithField("waited", waited.String())
 		if err == nil {
 			err = errors.New("no answer from the API server")
 		}
-		l.WithError(err).Errorf("cannot list pods (spec.nodeName=%s) after %s: not ready until the list succeeds", c.cfg.NodeName, waited)
+		c.log.WithError(err).Errorf("cannot list pods (spec.nodeName=%s) after %s: not ready until the list succeeds", c.cfg.NodeName, waited)
 	}
 }
 
