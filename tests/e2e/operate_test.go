@@ -213,7 +213,9 @@ func TestAgentMetrics(t *testing.T) {
 	}
 }
 
+// bpftoolMapInfo is what `bpftool map show pinned` says of a map.
 type bpftoolMapInfo struct {
+	ID         int    `json:"id"`
 	Type       string `json:"type"`
 	MaxEntries uint32 `json:"max_entries"`
 	BTFID      int    `json:"btf_id"`
