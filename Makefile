@@ -5,11 +5,15 @@ CLANG ?= clang-19
 STRIP ?= llvm-strip-19
 CLANG_FORMAT ?= clang-format-19
 BIN := bin
-GENERATE_PKGS := ./pkg/datapath/... ./pkg/probe/...
-BPF_SOURCES := $(wildcard bpf/*.c bpf/lib/*.h)
+GENERATE_PKGS := ./pkg/datapath/... ./pkg/probe/... ./tests/coexist/...
+BPF_SOURCES := $(wildcard bpf/*.c bpf/lib/*.h tests/coexist/bpf/*.c)
+# BPF C the format and lint targets check (bpf/include is copied in, never edited).
+BPF_C := 'bpf/*.c' 'bpf/lib/*.h' 'tests/coexist/bpf/*.c'
 # What make generate writes: bpf2go's bindings and objects (hand-written Go
-# in the same packages is not its business).
-GENERATED := ':(glob)pkg/**/*_bpfel.go' ':(glob)pkg/**/*_bpfel.o' ':(glob)pkg/**/*.o'
+# in the same packages is not its business), in pkg/ and for the test-only
+# objects (tests/coexist: the stand-in socket LB).
+GENERATED := ':(glob)pkg/**/*_bpfel.go' ':(glob)pkg/**/*_bpfel.o' ':(glob)pkg/**/*.o' \
+	':(glob)tests/**/*_bpfel.go' ':(glob)tests/**/*_bpfel.o'
 
 .PHONY: help generate build build-static test test-unit test-privileged test-kernels fuzz bench demo format lint check-generated deps clean
 
@@ -32,7 +36,7 @@ PRIVILEGED_PKGS := ./tests/...
 test-unit: ## Run the unit tests (no root needed; privileged tests in pkg/probe skip without root)
 	$(GO) test -count=1 $(UNIT_PKGS)
 
-test-privileged: deps kube-apiserver ## Run the privileged end-to-end tests, one package at a time (root; CI=true turns skips into failures)
+test-privileged: deps kube-apiserver ## Run the end-to-end tests (tests/...: kernel, HAProxy, kube-apiserver, manifests), one package at a time (root; CI=true turns skips into failures)
 	$(GO) test -count=1 -p 1 -timeout 60m $(PRIVILEGED_PKGS)
 
 test-kernels: ## Boot Debian's 6.1 and 6.12 cloud kernels under qemu and run the probe and core e2e tests inside (root)
@@ -54,13 +58,13 @@ bench: build ## Benchmark direct, explicit proxy, iptables and sockbridge side b
 
 format: ## Format Go and C sources
 	gofmt -w $$(git ls-files '*.go')
-	$(CLANG_FORMAT) -i $$(git ls-files 'bpf/*.c' 'bpf/lib/*.h')
+	$(CLANG_FORMAT) -i $$(git ls-files $(BPF_C))
 
 lint: ## go vet, gofmt and clang-format checks, no bpf_printk in BPF sources
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
-	$(CLANG_FORMAT) --dry-run --Werror $$(git ls-files 'bpf/*.c' 'bpf/lib/*.h')
-	@if grep -n 'bpf_printk\|bpf_trace_printk' $$(git ls-files 'bpf/*.c' 'bpf/lib/*.h'); then echo "remove bpf_printk"; exit 1; fi
+	$(CLANG_FORMAT) --dry-run --Werror $$(git ls-files $(BPF_C))
+	@if grep -n 'bpf_printk\|bpf_trace_printk' $$(git ls-files $(BPF_C)); then echo "remove bpf_printk"; exit 1; fi
 
 check-generated: generate ## Fail when the committed bpf2go output differs from a fresh generate
 	@git diff --exit-code --stat -- $(GENERATED) || { echo "generated BPF output is stale: run make generate and commit"; exit 1; }
@@ -73,5 +77,5 @@ clean: ## Remove build output
 	rm -rf $(BIN)
 
 .PHONY: kube-apiserver
-kube-apiserver: ## Build kube-apiserver from the Go module proxy for the controller tests (cached by version; cold 7-9 min)
+kube-apiserver: ## Build kube-apiserver from the Go module proxy for the controller and manifest tests (cached by version; cold 7-9 min)
 	@scripts/kube-apiserver.sh

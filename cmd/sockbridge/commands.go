@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
@@ -111,6 +112,9 @@ func newAgentCommand() *cobra.Command {
 		nodeName string
 		kubecfg  string
 		dns      dnsFlags
+		metrics  string
+		bpfStats bool
+		syncWait time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "agent",
@@ -141,6 +145,9 @@ func newAgentCommand() *cobra.Command {
 				return usageError{fmt.Errorf("--mesh: %w", err)}
 			}
 			dpf.applyPreset(c, preset)
+			if err := dpf.cfg.Validate(); err != nil {
+				return usageError{err}
+			}
 			preset.MeshDNSCapture = dns.capture
 			node, err := dns.node(log)
 			if err != nil {
@@ -151,6 +158,7 @@ func newAgentCommand() *cobra.Command {
 				UninstallOnExit: cleanup, Splice: spliceMode, DisableFeatures: disable, Log: log,
 				NodeName: nodeName, Kubeconfig: kubecfg, Preset: preset,
 				DNSCaptureAll: dns.all, NodeDNS: node,
+				MetricsAddr: metrics, SyncTimeout: syncWait, BPFStats: bpfStats,
 			})
 		},
 	}
@@ -162,6 +170,9 @@ func newAgentCommand() *cobra.Command {
 	c.Flags().StringArrayVar(&disable, "disable-feature", nil, "treat a probe feature as missing, e.g. sk_msg, to force it off (repeatable; names as sockbridge probe prints them)")
 	c.Flags().StringVar(&nodeName, "node-name", os.Getenv("NODE_NAME"), "watch this node's pods through the Kubernetes API (default $NODE_NAME)")
 	c.Flags().StringVar(&kubecfg, "kubeconfig", "", "kubeconfig file (default: in-cluster service account)")
+	c.Flags().StringVar(&metrics, "metrics-addr", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9090 (default: not served; the DaemonSet sets :9090)")
+	c.Flags().BoolVar(&bpfStats, "bpf-stats", false, "have the kernel account BPF run time while the agent runs, for the run time metrics (costs tens of ns per program run)")
+	c.Flags().DurationVar(&syncWait, "api-sync-timeout", 30*time.Second, "log what the agent cannot list when the first list of pods takes longer than this (it keeps waiting, not ready)")
 	c.Flags().StringVar(&mesh, "mesh", "istio", "mesh preset: "+strings.Join(policy.PresetNames(), ", ")+" (sets proxy uid/gid and ports unless given)")
 	dns.register(c)
 	return c

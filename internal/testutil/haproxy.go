@@ -140,7 +140,12 @@ func (s *Sidecar) LogLines(prefix string) []string {
 // lines starting with prefix, and returns all of them (fewer than n on
 // timeout: the caller's count check then fails with them).
 func (s *Sidecar) WaitLogLines(prefix string, n int) []string {
-	deadline := time.Now().Add(5 * time.Second)
+	return s.WaitLogLinesFor(prefix, n, 5*time.Second)
+}
+
+// WaitLogLinesFor is WaitLogLines with another timeout.
+func (s *Sidecar) WaitLogLinesFor(prefix string, n int, timeout time.Duration) []string {
+	deadline := time.Now().Add(timeout)
 	for {
 		lines := s.LogLines(prefix)
 		if len(lines) >= n || time.Now().After(deadline) {

@@ -119,6 +119,12 @@ func (p *Proc) Exited() (bool, error) {
 	}
 }
 
+// Wait waits for the process to end and returns its error.
+func (p *Proc) Wait() error {
+	<-p.done
+	return p.err
+}
+
 // Output is everything the process wrote so far.
 func (p *Proc) Output() string { return p.out.String() }
 

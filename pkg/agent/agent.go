@@ -7,12 +7,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/sockbridge/sockbridge/pkg/controller"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
@@ -72,18 +79,30 @@ type Config struct {
 	// NodeDNS is what this node's kubelet writes into pods' resolv.conf
 	// (--cluster-dns, --node-resolv-conf).
 	NodeDNS policy.NodeDNS
-	Log     *logrus.Logger
+	// MetricsAddr is where /metrics, /healthz and /readyz are served
+	// (host:port; ":0" picks a port, logged at start); "" serves nothing.
+	MetricsAddr string
+	// BPFStats makes the kernel account the run time of BPF programs
+	// while the agent runs (BPF_ENABLE_STATS, kernel 5.8; a few tens of
+	// nanoseconds per program run), for the run time metrics. Without it
+	// they are exported only when kernel.bpf_stats_enabled is 1.
+	BPFStats bool
+	// SyncTimeout is how long the controller waits for its first list of
+	// pods before it logs what it cannot list; 0 means 30 s.
+	SyncTimeout time.Duration
+	Log         *logrus.Logger
 }
 
 // Plan probes the kernel and decides what the agent enables: the probe's
-// plan, minus the features turned off. It fails with the probe's one-line
-// reason when an essential is missing.
-func Plan(ctx context.Context, cfg Config) (probe.Plan, error) {
+// plan, minus the features turned off, with the probe's report. It fails
+// with the probe's one-line reason when an essential is missing.
+func Plan(ctx context.Context, cfg Config) (*probe.Report, probe.Plan, error) {
 	report, err := probe.Run(ctx, probe.Options{CgroupRoot: cfg.CgroupRoot, BPFFS: cfg.Datapath.PinDir})
 	if err != nil {
-		return probe.Plan{}, fmt.Errorf("probe the kernel: %w", err)
+		return nil, probe.Plan{}, fmt.Errorf("probe the kernel: %w", err)
 	}
-	return planFor(report, cfg)
+	plan, err := planFor(report, cfg)
+	return report, plan, err
 }
 
 // planFor is Plan on a report already taken.
@@ -119,15 +138,44 @@ func planFor(report *probe.Report, cfg Config) (probe.Plan, error) {
 }
 
 // Run probes the kernel, installs the datapath the plan allows and serves
-// until ctx ends.
+// until ctx ends. With cfg.MetricsAddr it serves /healthz from the start
+// and /readyz, which passes once the datapath is loaded and the pod map
+// reconciled with the pod source (the informer synced, or the pod file
+// read).
 func Run(ctx context.Context, cfg Config) (err error) {
 	log := cfg.Log
 	if cfg.PodFile != "" && cfg.NodeName != "" {
 		return errors.New("a pod file and a node name exclude each other: take pods from one source")
 	}
-	plan, err := Plan(ctx, cfg)
+	if cfg.PodFile == "" && cfg.NodeName == "" {
+		return errors.New("no pod source: give a pod file or a node name")
+	}
+	ready := newReadiness()
+	reg := newRegistry()
+	if cfg.MetricsAddr != "" {
+		sctx, stop := context.WithCancel(ctx)
+		addr, wait, err := serve(sctx, cfg.MetricsAddr, ready.handler(reg), log)
+		if err != nil {
+			stop()
+			return err
+		}
+		defer func() { stop(); wait() }()
+		log.WithField("addr", addr.String()).Info("serving /metrics, /healthz and /readyz")
+	}
+	// The API client first: a bad kubeconfig must fail before anything is
+	// loaded or pinned.
+	var client kubernetes.Interface
+	if cfg.NodeName != "" {
+		if client, err = controller.NewClient(cfg.Kubeconfig, "sockbridge-agent/"+cfg.NodeName); err != nil {
+			return err
+		}
+	}
+	report, plan, err := Plan(ctx, cfg)
 	if err != nil {
 		return err
+	}
+	if err := registerProbe(reg, report, plan); err != nil {
+		return fmt.Errorf("register probe metrics: %w", err)
 	}
 	for _, line := range plan.Lines() {
 		log.Info("plan: " + line)
@@ -148,6 +196,20 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			log.Info("datapath uninstalled")
 		}
 	}()
+	ready.set(checkDatapath, "")
+	statsHeld := false
+	if cfg.BPFStats {
+		stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+		if err != nil {
+			log.WithError(err).Warn("cannot turn on BPF run time statistics")
+		} else {
+			defer stats.Close()
+			statsHeld = true
+		}
+	}
+	if err := reg.Register(newDatapathCollector(dp, statsHeld, log)); err != nil {
+		return fmt.Errorf("register datapath metrics: %w", err)
+	}
 	log.WithFields(logrus.Fields{
 		"cgroup": cfg.Datapath.CgroupPath, "pins": cfg.Datapath.PinDir,
 		"outbound_port": cfg.Datapath.OutboundPort, "inbound_port": cfg.Datapath.InboundPort,
@@ -170,61 +232,49 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	dnsOff := dnsOffReason(plan, cfg)
 	if cfg.NodeName != "" {
-		return runController(ctx, cfg, pods, inboundOff(plan), dnsOff)
+		return runController(ctx, cfg, client, pods, ready, reg, inboundOff(plan), dnsOff)
 	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	if cfg.PodFile != "" {
-		syncPodFile(log, pods, cfg, dnsOff)
+	pf := &podFileSource{cfg: cfg, dp: pods, ready: ready, dnsOff: dnsOff}
+	if err := reg.Register(newPodStates(pf.states)); err != nil {
+		return fmt.Errorf("register pod metrics: %w", err)
 	}
+	pf.sync()
 	for {
 		select {
 		case <-ctx.Done():
 			log.Info("stopping; the datapath stays attached")
 			return nil
 		case <-hup:
-			if cfg.PodFile != "" {
-				syncPodFile(log, pods, cfg, dnsOff)
-			}
+			pf.sync()
 		}
 	}
 }
 
 // runController keeps the datapath equal to this node's pods until ctx
 // ends.
-// dnsOffReason says why the datapath captures no DNS, "" when it does.
-func dnsOffReason(plan probe.Plan, cfg Config) string {
-	if cfg.Datapath.DNSPort == 0 {
-		return "the " + cfg.Preset.Name + " preset has no DNS proxy port"
-	}
-	if !plan.DNS {
-		for _, r := range plan.Reasons {
-			if strings.HasPrefix(r, "dns: ") {
-				return r
-			}
-		}
-		return "dns: off"
-	}
-	return ""
-}
-
-func runController(ctx context.Context, cfg Config, dp inbound.PodMap, degraded []controller.Degraded, dnsOff string) error {
-	client, err := controller.NewClient(cfg.Kubeconfig, "sockbridge-agent/"+cfg.NodeName)
-	if err != nil {
-		return err
-	}
+func runController(ctx context.Context, cfg Config, client kubernetes.Interface, dp inbound.PodMap, ready *readiness, reg prometheus.Registerer, degraded []controller.Degraded, dnsOff string) error {
 	cfg.Log.WithFields(logrus.Fields{"node": cfg.NodeName, "mesh": cfg.Preset.Name}).Info("watching this node's pods")
-	err = controller.Run(ctx, controller.Config{
+	c, err := controller.New(controller.Config{
 		Client: client, NodeName: cfg.NodeName, Preset: cfg.Preset,
 		// Pod cgroups are searched below the attach point: pods outside
 		// it could never be captured.
 		CgroupRoot: cfg.Datapath.CgroupPath, Datapath: dp, Log: cfg.Log,
+		SyncTimeout: cfg.SyncTimeout, Registerer: reg,
 		Degraded: degraded,
 		DNS:      controller.DNSConfig{Off: dnsOff, All: cfg.DNSCaptureAll, Node: cfg.NodeDNS},
 	})
 	if err != nil {
+		return fmt.Errorf("pod controller: %w", err)
+	}
+	ready.follow(checkPods, c.NotReady)
+	if err := reg.Register(newPodStates(c.PodStates)); err != nil {
+		return fmt.Errorf("register pod metrics: %w", err)
+	}
+	if err := c.Run(ctx); err != nil {
 		return fmt.Errorf("pod controller: %w", err)
 	}
 	cfg.Log.Info("stopping; the datapath stays attached")
@@ -253,13 +303,64 @@ func inboundOff(plan probe.Plan) []controller.Degraded {
 	}}
 }
 
-// syncPodFile makes the pod map equal the file. Errors are logged, never
-// fatal: a bad entry must not take the other pods' capture down.
-func syncPodFile(log *logrus.Logger, dp inbound.PodMap, cfg Config, dnsOff string) {
+// dnsOffReason says why the datapath captures no DNS, "" when it does.
+func dnsOffReason(plan probe.Plan, cfg Config) string {
+	if cfg.Datapath.DNSPort == 0 {
+		return "the " + cfg.Preset.Name + " preset has no DNS proxy port"
+	}
+	if !plan.DNS {
+		for _, r := range plan.Reasons {
+			if strings.HasPrefix(r, "dns: ") {
+				return r
+			}
+		}
+		return "dns: off"
+	}
+	return ""
+}
+
+// podFileSource applies the pod file and remembers the outcome for
+// readiness and metrics.
+type podFileSource struct {
+	cfg    Config
+	dp     inbound.PodMap
+	ready  *readiness
+	dnsOff string
+
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func (pf *podFileSource) states() map[string]int {
+	pf.mu.Lock()
+	defer pf.mu.Unlock()
+	return maps.Clone(pf.counts)
+}
+
+// sync applies the file; a file that cannot be read leaves the pod map as
+// it is and the agent not ready until a SIGHUP reads it.
+func (pf *podFileSource) sync() {
+	states, err := syncPodFile(pf.cfg.Log, pf.dp, pf.cfg, pf.dnsOff)
+	if err != nil {
+		pf.ready.set(checkPods, err.Error())
+		return
+	}
+	pf.mu.Lock()
+	pf.counts = states
+	pf.mu.Unlock()
+	pf.ready.set(checkPods, "")
+	pf.cfg.Log.WithField("pods", states["capture"]+states["no_capture"]).Info(fmt.Sprintf("pods synced from %s", pf.cfg.PodFile))
+}
+
+// syncPodFile makes the pod map equal the file and returns the pods by
+// state. Bad entries are logged and left out: they must not take the other
+// pods' capture down. It fails when the file cannot be read (the pod map is
+// left alone) or the pod map could not be updated.
+func syncPodFile(log *logrus.Logger, dp inbound.PodMap, cfg Config, dnsOff string) (map[string]int, error) {
 	f, err := podfile.Read(cfg.PodFile)
 	if err != nil {
-		log.WithError(err).Error("pod file unreadable; keeping the current pods")
-		return
+		log.WithError(err).Error("pod file unreadable; keeping the current pods, not ready until it is read (SIGHUP rereads it)")
+		return nil, err
 	}
 	var meshDNS bool
 	if cfg.Preset != nil {
@@ -277,6 +378,15 @@ func syncPodFile(log *logrus.Logger, dp inbound.PodMap, cfg Config, dnsOff strin
 	}
 	if err := dp.SyncPods(pods); err != nil {
 		log.WithError(err).Error("update pod map")
+		return nil, fmt.Errorf("update pod map: %w", err)
 	}
-	log.WithField("pods", len(pods)).Info(fmt.Sprintf("pods synced from %s", cfg.PodFile))
+	states := map[string]int{"capture": 0, "no_capture": 0, "invalid": len(f.Pods) - len(pods)}
+	for _, p := range pods {
+		if p.Capture {
+			states["capture"]++
+		} else {
+			states["no_capture"]++
+		}
+	}
+	return states, nil
 }

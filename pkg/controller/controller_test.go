@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -100,6 +101,7 @@ type unitEnv struct {
 	c      *Controller
 	cancel context.CancelFunc
 	done   chan error
+	resync time.Duration // 0: the default
 }
 
 func newUnitEnv(t *testing.T, dp *memDatapath, objs ...*corev1.Pod) *unitEnv {
@@ -127,7 +129,7 @@ func (e *unitEnv) start() {
 	c, err := New(Config{
 		Client: e.client, NodeName: "node-a", Preset: &policy.Preset{Name: "stub"},
 		CgroupRoot: e.root, Datapath: e.dp, Log: log, Recorder: e.events,
-		MaxRetryDelay: 50 * time.Millisecond, DNS: e.dns,
+		MaxRetryDelay: 50 * time.Millisecond, DNS: e.dns, Resync: e.resync,
 	})
 	if err != nil {
 		e.t.Fatal(err)
@@ -202,7 +204,8 @@ func (e *unitEnv) update(p *corev1.Pod) {
 func TestControllerLifecycle(t *testing.T) {
 	dp := newMemDatapath()
 	dp.pods[999] = policy.Pod{Name: "gone/while-down", CgroupID: 999, Capture: true}
-	e := newUnitEnv(t, dp)
+	// An unmeshed pod of the node: the first list is not empty.
+	e := newUnitEnv(t, dp, testPod("plain", "uid-plain", nil, nil))
 	ctx := context.Background()
 	meshed := map[string]string{"mesh": "yes"}
 
@@ -275,8 +278,64 @@ func TestControllerLifecycle(t *testing.T) {
 	}
 	e.eventually("pod a deleted", func(m map[uint64]policy.Pod) bool { _, ok := m[idA]; return !ok })
 
-	if n := len(e.c.Latencies()); n < 5 {
+	if n := latencySamples(t, e.c); n < 5 {
 		t.Errorf("%d latency samples, want one per datapath change (>= 5)", n)
+	}
+}
+
+// latencySamples is the number of delays the controller's histogram holds.
+func latencySamples(t *testing.T, c *Controller) uint64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.latency.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount()
+}
+
+// A wrong node name lists no pod, and the API server knows no such Node:
+// the first, empty list must not empty the datapath (its entries belong to
+// the node's real pods), not even at a resync. Once a pod of the node shows
+// up, the next resync reconciles.
+func TestControllerEmptyFirstListKeepsPods(t *testing.T) {
+	dp := newMemDatapath()
+	dp.pods[999] = policy.Pod{Name: "real/pod", CgroupID: 999, Capture: true}
+	e := &unitEnv{t: t, root: t.TempDir(), client: fake.NewClientset(), dp: dp, events: record.NewFakeRecorder(100)}
+	mkdirs(t, e.root, "kubepods/burstable")
+	e.resync = 20 * time.Millisecond
+	e.start()
+	if _, ok := dp.snapshot()[999]; !ok || dp.syncs != 0 {
+		t.Fatalf("empty first list: entry removed or SyncPods called (syncs=%d)", dp.syncs)
+	}
+	time.Sleep(100 * time.Millisecond) // several resyncs
+	if _, ok := dp.snapshot()[999]; !ok {
+		t.Fatal("a resync after an empty first list removed the entry")
+	}
+	idA := e.cgroup("uid-a")
+	a := testPod("a", "uid-a", map[string]string{"mesh": "yes"}, nil)
+	if _, err := e.client.CoreV1().Pods("default").Create(context.Background(), a, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("pod a applied and the stale entry reconciled away", func(m map[uint64]policy.Pod) bool {
+		_, stale := m[999]
+		return m[idA].Capture && !stale
+	})
+	if s := e.c.PodStates(); s["capture"] != 1 || s["no_capture"] != 0 || s["retrying"] != 0 {
+		t.Errorf("pod states = %v, want one captured", s)
+	}
+}
+
+// A node the API server confirms, with no pods: the empty first list is
+// real, and the start reconcile removes the entries of pods deleted while
+// no agent ran.
+func TestControllerEmptyNodeReconciles(t *testing.T) {
+	dp := newMemDatapath()
+	dp.pods[999] = policy.Pod{Name: "gone/while-down", CgroupID: 999, Capture: true}
+	e := &unitEnv{t: t, root: t.TempDir(), client: fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}}), dp: dp, events: record.NewFakeRecorder(100)}
+	mkdirs(t, e.root, "kubepods/burstable")
+	e.start()
+	if _, ok := dp.snapshot()[999]; ok || dp.syncs != 1 {
+		t.Fatalf("existing empty node: stale entry kept or no SyncPods (syncs=%d)", dp.syncs)
 	}
 }
 

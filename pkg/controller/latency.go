@@ -2,40 +2,10 @@ package controller
 
 import (
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/sockbridge/sockbridge/pkg/policy"
 )
-
-// latencies keeps the last n API event -> datapath delays.
-type latencies struct {
-	mu   sync.Mutex
-	buf  []time.Duration
-	next int
-	full bool
-}
-
-func newLatencies(n int) *latencies { return &latencies{buf: make([]time.Duration, n)} }
-
-func (l *latencies) add(d time.Duration) {
-	l.mu.Lock()
-	l.buf[l.next] = d
-	l.next++
-	if l.next == len(l.buf) {
-		l.next, l.full = 0, true
-	}
-	l.mu.Unlock()
-}
-
-func (l *latencies) snapshot() []time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.full {
-		return append([]time.Duration(nil), l.buf[:l.next]...)
-	}
-	return append(append([]time.Duration(nil), l.buf[l.next:]...), l.buf[:l.next]...)
-}
 
 // Percentile returns the q-th quantile (0 < q <= 1) of ds, nearest rank; 0
 // for no samples.

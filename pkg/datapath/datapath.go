@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -102,12 +103,21 @@ func (c *Config) ForPreset(p *policy.Preset) {
 	c.DNSPort = p.DNSPort
 }
 
-func (c *Config) validate() error {
+// Validate checks the configuration without touching the kernel.
+func (c *Config) Validate() error {
 	if c.CgroupPath == "" {
 		return errors.New("no cgroup path to attach to")
 	}
 	if c.PinDir == "" {
 		return errors.New("no bpffs pin directory")
+	}
+	// The proxy's uid and gid are exempt from capture: root's would exempt
+	// nearly every process on the node.
+	if c.ProxyUID == 0 {
+		return errors.New("proxy uid 0 (root): every root process would bypass capture")
+	}
+	if c.ProxyGID == 0 {
+		return errors.New("proxy gid 0 (root): every process of group root would bypass capture")
 	}
 	if c.OutboundPort == 0 || c.InboundPort == 0 {
 		return errors.New("outbound and inbound ports must be set")
@@ -274,7 +284,7 @@ type Datapath struct {
 // The caller removes the memlock rlimit first on kernels before 5.11
 // (rlimit.RemoveMemlock; cmd/sockbridge does).
 func Load(cfg Config) (_ *Datapath, err error) {
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if cfg.Log == nil {
@@ -579,7 +589,21 @@ func (dp *Datapath) Close() error {
 
 // Uninstall detaches every program sockbridge pinned under pinDir and
 // removes its maps and the directory. It succeeds when nothing is there.
+// It refuses, before removing anything, a directory that is not on bpffs,
+// the bpffs mount point itself, and one holding anything sockbridge does not
+// pin (a map not named sb_*, a subdirectory other than links/ and
+// links/inbound/): those pins
+// are another tool's, and removing them would detach its programs.
 func Uninstall(pinDir string) error {
+	if _, err := os.Lstat(pinDir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("uninstall: %w", err)
+	}
+	maps, err := ownPins(pinDir)
+	if err != nil {
+		return fmt.Errorf("uninstall: %w", err)
+	}
 	var errs []error
 	var pins []string
 	for _, dir := range []string{filepath.Join(pinDir, linksDir), filepath.Join(pinDir, linksDir, inboundLinksDir)} {
@@ -604,10 +628,62 @@ func Uninstall(pinDir string) error {
 			errs = append(errs, fmt.Errorf("detach %s: %w", pin, err))
 		}
 	}
-	if err := os.RemoveAll(pinDir); err != nil {
-		errs = append(errs, fmt.Errorf("remove %s: %w", pinDir, err))
+	for _, name := range maps {
+		if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("unpin map %s: %w", name, err))
+		}
+	}
+	for _, dir := range []string{filepath.Join(pinDir, linksDir, inboundLinksDir), filepath.Join(pinDir, linksDir), pinDir} {
+		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// ownPins checks that dir is a sockbridge pin directory on bpffs, below
+// the mount point, holding only sockbridge's pins, and returns the names of
+// the maps pinned in it.
+func ownPins(dir string) ([]string, error) {
+	on, err := bpffs.Is(dir)
+	if err != nil {
+		return nil, err
+	}
+	if !on {
+		return nil, fmt.Errorf("%s is not on bpffs: refusing to remove it", dir)
+	}
+	if parent, err := bpffs.Is(filepath.Dir(filepath.Clean(dir))); err != nil || !parent {
+		return nil, fmt.Errorf("%s is a bpffs mount point, not a sockbridge pin directory: refusing to remove it", dir)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", dir, err)
+	}
+	var maps, foreign []string
+	for _, e := range entries {
+		switch {
+		case e.IsDir() && e.Name() == linksDir:
+			sub, err := os.ReadDir(filepath.Join(dir, linksDir))
+			if err != nil {
+				return nil, fmt.Errorf("list %s: %w", filepath.Join(dir, linksDir), err)
+			}
+			for _, l := range sub {
+				if l.IsDir() && l.Name() != inboundLinksDir {
+					foreign = append(foreign, filepath.Join(linksDir, l.Name())+"/")
+				}
+			}
+		case !e.IsDir() && strings.HasPrefix(e.Name(), "sb_"):
+			maps = append(maps, e.Name())
+		case e.IsDir():
+			foreign = append(foreign, e.Name()+"/")
+		default:
+			foreign = append(foreign, e.Name())
+		}
+	}
+	if len(foreign) > 0 {
+		return nil, fmt.Errorf("%s holds %s, which sockbridge does not pin: refusing to remove it", dir, strings.Join(foreign, ", "))
+	}
+	return maps, nil
 }
 
 // EnsurePinDir creates dir on bpffs, mounting bpffs at /sys/fs/bpf first

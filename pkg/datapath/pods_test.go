@@ -72,7 +72,7 @@ func TestPresetsGiveValidConfigs(t *testing.T) {
 		var c Config
 		c.ForPreset(p)
 		c.CgroupPath, c.PinDir = "/x", "/y"
-		if err := c.validate(); err != nil {
+		if err := c.Validate(); err != nil {
 			t.Errorf("preset %s: %v", name, err)
 		}
 	}

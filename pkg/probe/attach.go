@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -59,6 +60,7 @@ func probeCgroupHooks(ctx context.Context, parent string) ([]Feature, error) {
 	if parent == "" {
 		return unsupportedHooks(tests, errors.New("no cgroup v2 hierarchy to attach to")), nil
 	}
+	removeStale(parent, time.Now())
 	top, err := makeCgroup(parent, "")
 	if err != nil {
 		return unsupportedHooks(tests, err), nil

@@ -320,3 +320,31 @@ func children(t *testing.T) []int {
 	slices.Sort(kids)
 	return kids
 }
+
+// An agent killed during its start-up probe leaves the probe's temporary
+// cgroups behind; the next probe removes those untouched for staleAfter
+// with no process inside, and nothing younger (a probe running now).
+func TestRunRemovesStaleProbeCgroups(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	parent := parentCgroup(t)
+	stale := filepath.Join(parent, CgroupPrefix+"deadbeef")
+	fresh := filepath.Join(parent, CgroupPrefix+"0ddba11")
+	for _, dir := range []string{filepath.Join(stale, "connect4"), filepath.Join(fresh, "connect4")} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-2 * staleAfter)
+	if err := os.Chtimes(stale, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(context.Background(), Options{CgroupParent: parent}); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale probe cgroup %s still there (%v)", stale, err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("a recent probe cgroup was removed: %v", err)
+	}
+}

@@ -31,6 +31,9 @@ func TestAgentRBAC(t *testing.T) {
 	if _, err := k.agent.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName}); err != nil {
 		t.Errorf("agent cannot list its node's pods: %v", err)
 	}
+	if _, err := k.agent.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{}); err != nil {
+		t.Errorf("agent cannot get its node: %v", err)
+	}
 	forbidden := map[string]error{}
 	_, forbidden["list secrets"] = k.agent.CoreV1().Secrets("").List(ctx, metav1.ListOptions{})
 	_, forbidden["create pods"] = k.agent.CoreV1().Pods(namespace).Create(ctx, podSpec("x", nil), metav1.CreateOptions{})

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,19 +20,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/sockbridge/sockbridge/internal/kubetest"
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/controller"
 	"github.com/sockbridge/sockbridge/pkg/policy"
 )
 
 // Binaries built once for the package.
-var bin struct{ sbpeer string }
+var bin struct{ sbpeer, sockbridge string }
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "sockbridge-controller-bin-")
@@ -40,9 +44,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin.sbpeer = filepath.Join(dir, "sbpeer")
-	if b, err := exec.Command("go", "build", "-o", bin.sbpeer, "../sbpeer").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build sbpeer: %v\n%s", err, b)
-		os.Exit(1)
+	bin.sockbridge = filepath.Join(dir, "sockbridge")
+	for out, pkg := range map[string]string{bin.sbpeer: "../sbpeer", bin.sockbridge: "../../cmd/sockbridge"} {
+		if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, b)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -59,12 +66,14 @@ const (
 	// agentUser is the name RBAC gives deploy/'s ServiceAccount; the
 	// static token file makes the agent that user.
 	agentUser = "system:serviceaccount:sockbridge:sockbridge"
+	// unboundUser is a user no RBAC object grants anything.
+	unboundUser = "unbound"
 )
 
 // kube is one test's control plane and cgroup tree.
 type kube struct {
 	t      *testing.T
-	api    *testutil.KubeAPI
+	api    *kubetest.KubeAPI
 	admin  kubernetes.Interface
 	agent  kubernetes.Interface
 	preset *policy.Preset
@@ -78,12 +87,12 @@ func newKube(t *testing.T) *kube {
 	testutil.RequirePrivileged(t)
 	k := &kube{t: t}
 	k.cgroupRoot = testutil.TestCgroup(t)
-	k.api = testutil.StartKubeAPI(t, testutil.KubeUser{
+	k.api = kubetest.StartKubeAPI(t, kubetest.KubeUser{
 		Name:   agentUser,
 		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:sockbridge", "system:authenticated"},
-	})
+	}, kubetest.KubeUser{Name: unboundUser, Groups: []string{"system:authenticated"}})
 	k.api.ApplyKustomization(t, "../../deploy")
-	k.admin = k.api.Client(t, testutil.KubeAdmin)
+	k.admin = k.api.Client(t, kubetest.KubeAdmin)
 	k.agent = k.api.Client(t, agentUser)
 	ctx := context.Background()
 	if _, err := k.admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}}, metav1.CreateOptions{}); err != nil {
@@ -186,45 +195,150 @@ func (k *kube) deletePod(name string) {
 // agent is a running controller.
 type agent struct {
 	c      *controller.Controller
+	reg    *prometheus.Registry
+	logs   *logtest.Hook
 	cancel context.CancelFunc
 	done   chan error
 }
 
-// startAgent runs the controller as the agent's RBAC user.
+// histogram is the controller's latency histogram at one moment.
+type histogram struct {
+	count  uint64
+	bounds []float64 // seconds
+	counts []uint64  // cumulative, per bound
+}
+
+// latencies reads the controller's event -> datapath histogram.
+func (a *agent) latencies(t *testing.T) histogram {
+	t.Helper()
+	mfs, err := a.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "sockbridge_controller_event_to_datapath_seconds" {
+			continue
+		}
+		h := mf.GetMetric()[0].GetHistogram()
+		out := histogram{count: h.GetSampleCount()}
+		for _, b := range h.GetBucket() {
+			out.bounds = append(out.bounds, b.GetUpperBound())
+			out.counts = append(out.counts, b.GetCumulativeCount())
+		}
+		return out
+	}
+	t.Fatal("no sockbridge_controller_event_to_datapath_seconds metric")
+	return histogram{}
+}
+
+// since is what h counted after before.
+func (h histogram) since(before histogram) histogram {
+	out := histogram{count: h.count - before.count, bounds: h.bounds}
+	for i := range h.counts {
+		out.counts = append(out.counts, h.counts[i]-before.counts[i])
+	}
+	return out
+}
+
+// quantile is the upper bound of the bucket holding the q-th sample.
+func (h histogram) quantile(q float64) time.Duration {
+	rank := uint64(q*float64(h.count) + 0.999999)
+	for i, c := range h.counts {
+		if c >= rank {
+			return time.Duration(h.bounds[i] * float64(time.Second))
+		}
+	}
+	return time.Duration(math.Inf(1))
+}
+
+// startAgent runs the controller as the agent's RBAC user and waits until
+// it is ready.
 func (k *kube) startAgent(dp controller.Datapath) *agent {
 	k.t.Helper()
-	return k.startAgentDNS(dp, controller.DNSConfig{})
+	a := k.runController(dp, func(*controller.Config) {})
+	a.waitReady(k.t)
+	return a
 }
 
 // startAgentDNS is startAgent with DNS capture settings.
 func (k *kube) startAgentDNS(dp controller.Datapath, dns controller.DNSConfig) *agent {
 	k.t.Helper()
+	a := k.runController(dp, func(c *controller.Config) { c.DNS = dns })
+	a.waitReady(k.t)
+	return a
+}
+
+// runController starts the controller with the agent's configuration as
+// edited by edit, without waiting for it. Its log lines are kept in
+// a.logs.
+func (k *kube) runController(dp controller.Datapath, edit func(*controller.Config)) *agent {
+	k.t.Helper()
 	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
+	log.SetLevel(logrus.InfoLevel)
 	log.SetOutput(io.Discard)
 	if testing.Verbose() {
 		log.SetOutput(os.Stderr)
 	}
-	c, err := controller.New(controller.Config{
+	logs := logtest.NewLocal(log)
+	reg := prometheus.NewRegistry()
+	cfg := controller.Config{
 		Client: k.agent, NodeName: nodeName, Preset: k.preset,
 		CgroupRoot: k.cgroupRoot, Datapath: dp, Log: log,
-		MaxRetryDelay: 100 * time.Millisecond, DNS: dns,
-	})
+		MaxRetryDelay: 100 * time.Millisecond, Registerer: reg,
+	}
+	edit(&cfg)
+	c, err := controller.New(cfg)
 	if err != nil {
 		k.t.Fatalf("controller: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	a := &agent{c: c, cancel: cancel, done: make(chan error, 1)}
+	a := &agent{c: c, reg: reg, logs: logs, cancel: cancel, done: make(chan error, 1)}
 	go func() { a.done <- c.Run(ctx) }()
 	k.t.Cleanup(func() { a.stop(k.t) })
+	return a
+}
+
+// waitReady waits until the controller is ready, or fails t.
+func (a *agent) waitReady(t *testing.T) {
+	t.Helper()
+	c := a.c
 	select {
 	case <-c.Ready():
 	case err := <-a.done:
-		k.t.Fatalf("controller stopped: %v", err)
+		t.Fatalf("controller stopped: %v", err)
 	case <-time.After(30 * time.Second):
-		k.t.Fatal("controller not ready after 30 s")
+		t.Fatalf("controller not ready after 30 s: %s", c.NotReady())
 	}
-	return a
+}
+
+// waitLog waits until the controller has logged a line at level or above
+// whose message and error contain every one of words.
+func (a *agent) waitLog(t *testing.T, level logrus.Level, timeout time.Duration, words ...string) string {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, e := range a.logs.AllEntries() {
+			line := e.Message
+			if err, ok := e.Data[logrus.ErrorKey].(error); ok {
+				line += ": " + err.Error()
+			}
+			if e.Level > level {
+				continue
+			}
+			all := true
+			for _, w := range words {
+				all = all && strings.Contains(line, w)
+			}
+			if all {
+				return line
+			}
+		}
+	}
+	var lines []string
+	for _, e := range a.logs.AllEntries() {
+		lines = append(lines, e.Level.String()+" "+e.Message)
+	}
+	t.Fatalf("no %s log line with %q within %s; logged:\n%s", level, words, timeout, strings.Join(lines, "\n"))
+	return ""
 }
 
 func (a *agent) stop(t *testing.T) {
@@ -290,6 +404,20 @@ func (r *recDatapath) SyncPods(pods []policy.Pod) error {
 	}
 	r.ops++
 	return nil
+}
+
+// snapshot returns the pods by cgroup id.
+func (r *recDatapath) snapshot() map[uint64]policy.Pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.pods)
+}
+
+// opsCount is the number of changes made so far.
+func (r *recDatapath) opsCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ops
 }
 
 func (r *recDatapath) Pods() ([]policy.Pod, error) {

@@ -168,17 +168,7 @@ func pinnedMapIDs(t *testing.T, dir string) []string {
 		if e.IsDir() {
 			continue
 		}
-		out, err := exec.Command("bpftool", "map", "show", "pinned", filepath.Join(dir, e.Name()), "--json").Output()
-		if err != nil {
-			t.Fatalf("bpftool map show pinned %s: %v", e.Name(), err)
-		}
-		var m struct {
-			ID int `json:"id"`
-		}
-		if err := json.Unmarshal(out, &m); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, fmt.Sprintf("map %d", m.ID))
+		ids = append(ids, fmt.Sprintf("map %d", bpftoolMap(t, filepath.Join(dir, e.Name())).ID))
 	}
 	if len(ids) < 5 {
 		t.Fatalf("only %d maps pinned in %s", len(ids), dir)

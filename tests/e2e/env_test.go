@@ -100,16 +100,24 @@ func newEnvWith(t *testing.T, edit func(*datapath.Config)) *env {
 // run the agent binary.
 func newBareEnv(t *testing.T) *env {
 	t.Helper()
-	return newBareEnvFamilies(t, false)
+	return newBareEnvIn(t, "", false)
 }
 
 // newBareEnvFamilies is newBareEnv; with ipv6 the server host is
 // dual-stack (serverIP and serverIP6) and its servers listen on [::].
 func newBareEnvFamilies(t *testing.T, ipv6 bool) *env {
 	t.Helper()
+	return newBareEnvIn(t, "", ipv6)
+}
+
+// newBareEnvIn is newBareEnvFamilies with the test cgroup (sockbridge's
+// attach point, standing in for the node's cgroup root) created below
+// parent, a cgroup the test created; "" means below the cgroup2 root.
+func newBareEnvIn(t *testing.T, parent string, ipv6 bool) *env {
+	t.Helper()
 	testutil.RequirePrivileged(t, "haproxy", "bpftool", "ss", "sysctl")
 	e := &env{t: t, dir: t.TempDir()}
-	e.cgroup = testutil.TestCgroup(t)
+	e.cgroup = testutil.Cgroup(t, parent, "sockbridge-test-"+testutil.RandomSuffix())
 	suffix := testutil.RandomSuffix()
 	e.pinDir = testutil.PinDir(t)
 	t.Cleanup(func() {
@@ -209,6 +217,17 @@ func (e *env) stats() bpfobj.Values {
 	return s
 }
 
+// pinnedStats reads the counters from the pinned maps, as `sockbridge maps`
+// does: for tests whose datapath an agent process loaded.
+func (e *env) pinnedStats(t *testing.T) bpfobj.Values {
+	t.Helper()
+	snap, err := datapath.ReadPinned(e.pinDir)
+	if err != nil {
+		t.Fatalf("read pinned maps: %v", err)
+	}
+	return snap.Stats
+}
+
 // Results of sbpeer modes.
 type roundtripResult struct {
 	ServerSawPeer string `json:"server_saw_peer"`
@@ -225,10 +244,11 @@ type resetResult struct {
 }
 
 type connsResult struct {
-	OK       int64   `json:"ok"`
-	Failed   int64   `json:"failed"`
-	FirstErr string  `json:"first_error"`
-	PerSec   float64 `json:"per_second"`
+	OK       int64    `json:"ok"`
+	Failed   int64    `json:"failed"`
+	FirstErr string   `json:"first_error"`
+	Errors   []string `json:"errors"`
+	PerSec   float64  `json:"per_second"`
 }
 
 type optResult struct {

@@ -263,13 +263,15 @@ func roundtrip(args []string) error {
 }
 
 type connsResult struct {
-	OK       int64   `json:"ok"`
-	Failed   int64   `json:"failed"`
-	FirstErr string  `json:"first_error,omitempty"`
-	Seconds  float64 `json:"seconds"`
-	PerSec   float64 `json:"per_second"`
-	P50Ms    float64 `json:"connect_p50_ms"`
-	P99Ms    float64 `json:"connect_p99_ms"`
+	OK       int64  `json:"ok"`
+	Failed   int64  `json:"failed"`
+	FirstErr string `json:"first_error,omitempty"`
+	// Errors lists the failed connections by number (1-based), at most 20.
+	Errors  []string `json:"errors,omitempty"`
+	Seconds float64  `json:"seconds"`
+	PerSec  float64  `json:"per_second"`
+	P50Ms   float64  `json:"connect_p50_ms"`
+	P99Ms   float64  `json:"connect_p99_ms"`
 }
 
 // conns opens n connections, P at a time: connect, read the hello, echo one
@@ -279,6 +281,7 @@ func conns(args []string) error {
 	addr := fs.String("addr", "", "server address")
 	n := fs.Int("n", 1000, "connections")
 	par := fs.Int("parallel", 4, "concurrent connections")
+	pause := fs.Duration("pause", 0, "pause after each connection (paces a long run)")
 	fs.Parse(args)
 	var (
 		next, ok, failed atomic.Int64
@@ -286,6 +289,7 @@ func conns(args []string) error {
 		wg               sync.WaitGroup
 		mu               sync.Mutex
 		lat              []time.Duration
+		errs             []string
 	)
 	start := time.Now()
 	for w := 0; w < *par; w++ {
@@ -293,11 +297,17 @@ func conns(args []string) error {
 		go func() {
 			defer wg.Done()
 			var mine []time.Duration
-			for next.Add(1) <= int64(*n) {
+			for i := next.Add(1); i <= int64(*n); i = next.Add(1) {
 				d, err := oneConn(*addr)
+				time.Sleep(*pause)
 				if err != nil {
 					failed.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())
+					mu.Lock()
+					if len(errs) < 20 {
+						errs = append(errs, fmt.Sprintf("#%d: %v", i, err))
+					}
+					mu.Unlock()
 					continue
 				}
 				ok.Add(1)
@@ -310,7 +320,7 @@ func conns(args []string) error {
 	}
 	wg.Wait()
 	secs := time.Since(start).Seconds()
-	res := connsResult{OK: ok.Load(), Failed: failed.Load(), Seconds: secs, PerSec: float64(ok.Load()) / secs}
+	res := connsResult{OK: ok.Load(), Failed: failed.Load(), Errors: errs, Seconds: secs, PerSec: float64(ok.Load()) / secs}
 	if v, _ := firstErr.Load().(string); v != "" {
 		res.FirstErr = v
 	}

@@ -1,8 +1,11 @@
-package testutil
+// Package kubetest runs a throw-away control plane for tests (Debian's etcd
+// and a kube-apiserver built from the Go module proxy) and applies manifests
+// to it the way a cluster operator does: kustomize's Go API to build,
+// server-side apply with field validation Strict to apply.
+package kubetest
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -20,16 +23,12 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	"sigs.k8s.io/yaml"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/sockbridge/sockbridge/internal/testutil"
 )
 
 // KubeVersion is the kube-apiserver release scripts/kube-apiserver.sh builds.
@@ -68,11 +67,11 @@ func StartKubeAPI(t testing.TB, users ...KubeUser) *KubeAPI {
 	t.Helper()
 	etcdBin, err := exec.LookPath("etcd")
 	if err != nil {
-		Unavailable(t, "etcd is not installed (Debian package etcd-server; scripts/install-deps.sh)")
+		testutil.Unavailable(t, "etcd is not installed (Debian package etcd-server; scripts/install-deps.sh)")
 	}
 	apiBin, err := kubeAPIServerBinary()
 	if err != nil {
-		Unavailable(t, "no kube-apiserver: %v (run make kube-apiserver or set SOCKBRIDGE_KUBE_APISERVER)", err)
+		testutil.Unavailable(t, "no kube-apiserver: %v (run make kube-apiserver or set SOCKBRIDGE_KUBE_APISERVER)", err)
 	}
 
 	dir, err := os.MkdirTemp("", "sockbridge-kubeapi-")
@@ -193,7 +192,7 @@ func (k *KubeAPI) writeAuth(dir string, users []KubeUser) error {
 	var csv bytes.Buffer
 	all := append([]KubeUser{{Name: KubeAdmin, Groups: []string{"system:masters"}}}, users...)
 	for i, u := range all {
-		tok := "sbtest-" + RandomSuffix() + RandomSuffix()
+		tok := "sbtest-" + testutil.RandomSuffix() + testutil.RandomSuffix()
 		k.tokens[u.Name] = tok
 		fmt.Fprintf(&csv, "%s,%s,uid-%d,%q\n", tok, u.Name, i, strings.Join(u.Groups, ","))
 	}
@@ -319,102 +318,6 @@ func (k *KubeAPI) Client(t testing.TB, user string) kubernetes.Interface {
 	return cs
 }
 
-// ApplyKustomization creates, as the admin, every object of the manifests
-// a kustomization.yaml lists (plain resources only: no patches or
-// generators), in the listed order, with the kustomization's namespace.
-// Only the kinds deploy/ uses are understood.
-func (k *KubeAPI) ApplyKustomization(t testing.TB, dir string) {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
-	if err != nil {
-		t.Fatalf("read kustomization: %v", err)
-	}
-	var kust struct {
-		Namespace string   `json:"namespace"`
-		Resources []string `json:"resources"`
-	}
-	if err := yaml.Unmarshal(b, &kust); err != nil {
-		t.Fatalf("parse %s/kustomization.yaml: %v", dir, err)
-	}
-	cs := k.Client(t, KubeAdmin)
-	for _, res := range kust.Resources {
-		objs, err := decodeManifests(filepath.Join(dir, res))
-		if err != nil {
-			t.Fatalf("%v", err)
-		}
-		for _, obj := range objs {
-			if err := createObject(cs, obj, kust.Namespace); err != nil {
-				t.Fatalf("create %s from %s: %v", obj.GetObjectKind().GroupVersionKind().Kind, res, err)
-			}
-		}
-	}
-}
-
-// decodeManifests decodes every YAML document of a file into typed objects.
-func decodeManifests(path string) ([]runtime.Object, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read manifest: %w", err)
-	}
-	var objs []runtime.Object
-	for _, doc := range strings.Split("\n"+string(b), "\n---") {
-		if strings.TrimSpace(stripComments(doc)) == "" {
-			continue
-		}
-		j, err := yaml.YAMLToJSON([]byte(doc))
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(j, nil, nil)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		objs = append(objs, obj)
-	}
-	return objs, nil
-}
-
-func stripComments(doc string) string {
-	var b strings.Builder
-	for _, line := range strings.Split(doc, "\n") {
-		if !strings.HasPrefix(strings.TrimSpace(line), "#") {
-			b.WriteString(line + "\n")
-		}
-	}
-	return b.String()
-}
-
-// createObject creates one object of a kind deploy/ uses.
-func createObject(cs kubernetes.Interface, obj runtime.Object, namespace string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ns := func(m *metav1.ObjectMeta) string {
-		if namespace != "" {
-			m.Namespace = namespace
-		}
-		return m.Namespace
-	}
-	var err error
-	switch o := obj.(type) {
-	case *corev1.Namespace:
-		_, err = cs.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{})
-	case *corev1.ServiceAccount:
-		_, err = cs.CoreV1().ServiceAccounts(ns(&o.ObjectMeta)).Create(ctx, o, metav1.CreateOptions{})
-	case *rbacv1.ClusterRole:
-		_, err = cs.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
-	case *rbacv1.ClusterRoleBinding:
-		_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
-	case *appsv1.DaemonSet:
-		_, err = cs.AppsV1().DaemonSets(ns(&o.ObjectMeta)).Create(ctx, o, metav1.CreateOptions{})
-	default:
-		return fmt.Errorf("kind %T not supported by the test helper", obj)
-	}
-	if apierrors.IsAlreadyExists(err) {
-		return nil
-	}
-	return err
-}
-
 // freePorts returns n distinct free TCP ports on 127.0.0.1.
 func freePorts(n int) ([]int, error) {
 	var ports []int
@@ -440,4 +343,24 @@ func tail(b []byte, n int) []byte {
 		return b[len(b)-n:]
 	}
 	return b
+}
+
+// Kubeconfig writes a kubeconfig file authenticating as user (for a
+// process such as the agent binary) into dir and returns its path.
+func (k *KubeAPI) Kubeconfig(t testing.TB, dir, user string) string {
+	t.Helper()
+	tok, ok := k.tokens[user]
+	if !ok {
+		t.Fatalf("kube api: no user %q", user)
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: k.URL, InsecureSkipTLSVerify: true}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: tok}
+	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: user}
+	cfg.CurrentContext = "test"
+	path := filepath.Join(dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatalf("write kubeconfig: %v", err)
+	}
+	return path
 }
