@@ -101,6 +101,11 @@ func checkAgentPod(t *testing.T, ds *appsv1.DaemonSet, wantArgs []string, probes
 	if sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) == 0 {
 		t.Errorf("capabilities %+v, want drop ALL and a list of adds", sc.Capabilities)
 	}
+	// Inbound capture finds pod namespaces through the pods' /proc
+	// entries: the host's PID namespace and CAP_SYS_PTRACE.
+	if !ds.Spec.Template.Spec.HostPID || sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Add, "SYS_PTRACE") {
+		t.Errorf("hostPID %v, capabilities %+v: inbound capture needs hostPID and SYS_PTRACE", ds.Spec.Template.Spec.HostPID, sc.Capabilities)
+	}
 	if !probes {
 		if c.LivenessProbe != nil || c.ReadinessProbe != nil {
 			t.Errorf("probes without the health endpoints: %+v %+v", c.LivenessProbe, c.ReadinessProbe)
@@ -168,10 +173,11 @@ func TestHelmChartApplies(t *testing.T) {
 		{"defaults", "sockbridge", nil, []string{"--mesh=istio", "--splice=auto", "--metrics-addr=:9090"}, true},
 		{"every value", "mesh-system", map[string]any{
 			"mesh": "linkerd", "splice": "off",
+			"dns":       map[string]any{"clusterDNS": "10.96.0.10", "capture": true},
 			"metrics":   map[string]any{"enabled": false},
 			"image":     map[string]any{"repository": "registry.example/sb", "tag": "v9", "pullPolicy": "Always"},
 			"resources": map[string]any{"requests": map[string]any{"cpu": "10m", "memory": "32Mi"}},
-		}, []string{"--mesh=linkerd", "--splice=off"}, false},
+		}, []string{"--mesh=linkerd", "--splice=off", "--cluster-dns=10.96.0.10", "--dns-capture"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			objs, err := renderChart(t, tc.namespace, tc.values)

@@ -40,7 +40,8 @@ func structFields(t btf.Type) []string {
 // datapath), so there is something to print. Socket storage cannot be
 // dumped by any tool (no key to walk); `sockbridge maps` lists it.
 func TestBpftoolDumpShowsFieldNames(t *testing.T) {
-	e := newEnvWith(t, func(c *datapath.Config) { c.Splice = true })
+	// Every feature on, so that every map of the object is created.
+	e := newEnvWith(t, func(c *datapath.Config) { c.Splice, c.Inbound = true, true })
 	a := e.addPod("a", podAIP, podOpts{inMap: true, capture: true, sidecar: true})
 	out, in := outboundAll, inboundAll
 	out.ExcludePorts = []uint16{9999}
