@@ -196,39 +196,6 @@ func (e *env) stats() bpfobj.Values {
 	return s
 }
 
-// Results of sbpeer modes.
-type roundtripResult struct {
-	ServerSawPeer string `json:"server_saw_peer"`
-	ServerLocal   string `json:"server_local"`
-	Getpeername   string `json:"getpeername"`
-	Getsockname   string `json:"getsockname"`
-	Bytes         int    `json:"bytes"`
-	Intact        bool   `json:"intact"`
-}
-
-type resetResult struct {
-	Error string `json:"error"`
-	Sent  int64  `json:"sent"`
-}
-
-type connsResult struct {
-	OK       int64   `json:"ok"`
-	Failed   int64   `json:"failed"`
-	FirstErr string  `json:"first_error"`
-	PerSec   float64 `json:"per_second"`
-}
-
-type optResult struct {
-	Errno string `json:"errno"`
-	Len   int    `json:"len"`
-	Value string `json:"value"`
-}
-
-type sockoptsResult struct {
-	Getpeername string               `json:"getpeername"`
-	Opts        map[string]optResult `json:"opts"`
-}
-
 func hostOf(addrPort string) string {
 	ap, err := netip.ParseAddrPort(addrPort)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/bpfobj"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 type snapshot struct {
@@ -100,7 +101,7 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 		if !strings.Contains(agent.Output(), "splice: off because sk_msg") {
 			t.Errorf("agent log does not give the plan:\n%s", agent.Output())
 		}
-		var r roundtripResult
+		var r peer.Roundtrip
 		a.run(t, &r, "roundtrip", "-addr", serverAddr(), "-bytes", "100000")
 		if !r.Intact || len(a.sidecar.WaitLogLines("outbound", 1)) != 1 {
 			t.Fatalf("not captured: %+v\n%s", r, a.sidecar.Output())

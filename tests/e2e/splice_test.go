@@ -12,6 +12,7 @@ import (
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 func withSplice(on bool) func(*datapath.Config) {
@@ -30,7 +31,7 @@ func TestSpliceCorrectness(t *testing.T) {
 
 	for _, size := range []int{1, 100, 4096, 65536, 1 << 20, 4 << 20} {
 		t.Run(fmt.Sprintf("payload %d B", size), func(t *testing.T) {
-			var r roundtripResult
+			var r peer.Roundtrip
 			a.run(t, &r, "stream", "-addr", serverAddr(), "-bytes", strconv.Itoa(size))
 			if !r.Intact || r.Getpeername != serverAddr() {
 				t.Errorf("%+v", r)
@@ -38,14 +39,14 @@ func TestSpliceCorrectness(t *testing.T) {
 		})
 	}
 	t.Run("writes larger than the socket buffer", func(t *testing.T) {
-		var r roundtripResult
+		var r peer.Roundtrip
 		a.run(t, &r, "stream", "-addr", serverAddr(), "-bytes", strconv.Itoa(16<<20), "-chunk", strconv.Itoa(8<<20))
 		if !r.Intact {
 			t.Errorf("%+v", r)
 		}
 	})
 	t.Run("many concurrent connections", func(t *testing.T) {
-		var r connsResult
+		var r peer.Conns
 		a.run(t, &r, "conns", "-addr", serverAddr(), "-n", "3000", "-parallel", "64")
 		if r.OK != 3000 {
 			t.Errorf("%+v", r)
@@ -53,27 +54,27 @@ func TestSpliceCorrectness(t *testing.T) {
 	})
 	t.Run("half-close", func(t *testing.T) {
 		// stream half-closes after sending and reads the echo to EOF.
-		var r roundtripResult
+		var r peer.Roundtrip
 		a.run(t, &r, "stream", "-addr", serverAddr(), "-bytes", "300000", "-pause", "100ms")
 		if !r.Intact {
 			t.Errorf("%+v", r)
 		}
 	})
 	t.Run("reset by the server", func(t *testing.T) {
-		var r resetResult
+		var r peer.Reset
 		a.run(t, &r, "reset", "-addr", netip.AddrPortFrom(serverIP, 8081).String())
 		if strings.HasPrefix(r.Error, "timeout") || r.Error == "" {
 			t.Errorf("the client did not see the reset: %+v", r)
 		}
 	})
 	t.Run("reset by the client", func(t *testing.T) {
-		var r resetResult
+		var r peer.Reset
 		a.run(t, &r, "reset", "-addr", serverAddr(), "-abort", "-bytes", "1000000")
 		if r.Error != "aborted" {
 			t.Errorf("%+v", r)
 		}
 		// The sidecar survives and serves the next connection.
-		var rt roundtripResult
+		var rt peer.Roundtrip
 		a.run(t, &rt, "stream", "-addr", serverAddr(), "-bytes", "65536")
 		if !rt.Intact {
 			t.Errorf("after a client reset: %+v", rt)
@@ -97,7 +98,7 @@ func TestSpliceCorrectness(t *testing.T) {
 		if !streaming.WaitOutput(`"error"`, 10*time.Second) {
 			t.Fatalf("client still streaming 10 s after the sidecar died: %s", streaming.Output())
 		}
-		var r resetResult
+		var r peer.Reset
 		json.Unmarshal([]byte(streaming.Output()), &r)
 		if strings.HasPrefix(r.Error, "timeout") {
 			t.Errorf("client hung until its timeout: %+v", r)
@@ -145,7 +146,7 @@ func TestSpliceNoCrossPodCollision(t *testing.T) {
 	testutil.WaitListening(t, e.server, 8081)
 
 	targets := map[*pod]string{a: serverAddr(), b: netip.AddrPortFrom(serverIP, 8081).String()}
-	results := map[*pod]*roundtripResult{}
+	results := map[*pod]*peer.Roundtrip{}
 	var (
 		wg sync.WaitGroup
 		mu sync.Mutex
@@ -154,7 +155,7 @@ func TestSpliceNoCrossPodCollision(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var r roundtripResult
+			var r peer.Roundtrip
 			p.run(t, &r, "stream", "-addr", target, "-bind", "127.0.0.1:40000", "-pause", "1s", "-bytes", strconv.Itoa(8<<20))
 			mu.Lock()
 			results[p] = &r
@@ -196,7 +197,7 @@ func TestSpliceHazardGoProxy(t *testing.T) {
 			testutil.WaitListening(t, a.ns, 15001)
 			spec := testutil.ProcSpec{Netns: a.ns, Cgroup: a.app, Args: []string{bin.sbpeer, "stream", "-addr", serverAddr(), "-bytes", "262144", "-timeout", "5s"}}
 			out, err := testutil.Output(t, 30*time.Second, spec)
-			var r roundtripResult
+			var r peer.Roundtrip
 			if err == nil {
 				json.Unmarshal(out, &r)
 			}

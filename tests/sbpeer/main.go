@@ -27,6 +27,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 func main() {
@@ -157,26 +159,16 @@ func readLine(c net.Conn, what string) (string, error) {
 	}
 }
 
-func parseHello(line string) (peer, local string) {
+func parseHello(line string) (remote, local string) {
 	for _, f := range strings.Fields(line) {
 		if v, ok := strings.CutPrefix(f, "peer="); ok {
-			peer = v
+			remote = v
 		}
 		if v, ok := strings.CutPrefix(f, "local="); ok {
 			local = v
 		}
 	}
 	return
-}
-
-type roundtripResult struct {
-	ServerSawPeer  string  `json:"server_saw_peer"`
-	ServerLocal    string  `json:"server_local"`
-	Getpeername    string  `json:"getpeername"`
-	Getsockname    string  `json:"getsockname"`
-	Bytes          int     `json:"bytes"`
-	Intact         bool    `json:"intact"`
-	ElapsedSeconds float64 `json:"elapsed_seconds"`
 }
 
 // roundtrip sends random bytes and checks the echo is identical.
@@ -196,7 +188,7 @@ func roundtrip(args []string) error {
 	if err != nil {
 		return err
 	}
-	res := roundtripResult{Getpeername: c.RemoteAddr().String(), Getsockname: c.LocalAddr().String(), Bytes: *size}
+	res := peer.Roundtrip{Getpeername: c.RemoteAddr().String(), Getsockname: c.LocalAddr().String(), Bytes: *size}
 	res.ServerSawPeer, res.ServerLocal = parseHello(line)
 
 	payload := make([]byte, *size)
@@ -232,16 +224,6 @@ func roundtrip(args []string) error {
 	res.Intact = got == *size && bytes.Equal(h.Sum(nil), want[:])
 	res.ElapsedSeconds = time.Since(start).Seconds()
 	return emit(res)
-}
-
-type connsResult struct {
-	OK       int64   `json:"ok"`
-	Failed   int64   `json:"failed"`
-	FirstErr string  `json:"first_error,omitempty"`
-	Seconds  float64 `json:"seconds"`
-	PerSec   float64 `json:"per_second"`
-	P50Ms    float64 `json:"connect_p50_ms"`
-	P99Ms    float64 `json:"connect_p99_ms"`
 }
 
 // conns opens n connections, P at a time: connect, read the hello, echo one
@@ -282,7 +264,7 @@ func conns(args []string) error {
 	}
 	wg.Wait()
 	secs := time.Since(start).Seconds()
-	res := connsResult{OK: ok.Load(), Failed: failed.Load(), Seconds: secs, PerSec: float64(ok.Load()) / secs}
+	res := peer.Conns{OK: ok.Load(), Failed: failed.Load(), Seconds: secs, PerSec: float64(ok.Load()) / secs}
 	if v, _ := firstErr.Load().(string); v != "" {
 		res.FirstErr = v
 	}
@@ -336,19 +318,6 @@ func hold(args []string) error {
 	return nil
 }
 
-// optResult is the outcome of one getsockopt call.
-type optResult struct {
-	Errno  string `json:"errno"`
-	Len    int    `json:"len"`
-	Value  string `json:"value,omitempty"`
-	BufLen int    `json:"buf_len"`
-}
-
-type sockoptsResult struct {
-	Getpeername string               `json:"getpeername"`
-	Opts        map[string]optResult `json:"opts"`
-}
-
 // sockopts connects and reports getpeername and a set of getsockopt calls,
 // including ones with a 64 KiB buffer, for comparison with and without the
 // datapath.
@@ -368,7 +337,7 @@ func sockopts(args []string) error {
 	if err != nil {
 		return err
 	}
-	res := sockoptsResult{Getpeername: c.RemoteAddr().String(), Opts: map[string]optResult{}}
+	res := peer.Sockopts{Getpeername: c.RemoteAddr().String(), Opts: map[string]peer.Opt{}}
 	calls := []struct {
 		name       string
 		level, opt int
@@ -392,7 +361,7 @@ func sockopts(args []string) error {
 			_, _, errno = unix.Syscall6(unix.SYS_GETSOCKOPT, fd, uintptr(call.level), uintptr(call.opt),
 				uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&l)), 0)
 		})
-		r := optResult{Errno: errnoName(errno), Len: int(l), BufLen: call.bufLen}
+		r := peer.Opt{Errno: errnoName(errno), Len: int(l), BufLen: call.bufLen}
 		if errno == 0 && call.keepValue {
 			r.Value = fmt.Sprintf("%x", buf[:min(int(l), len(buf))])
 		}

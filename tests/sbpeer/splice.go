@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 // stream is roundtrip with knobs for the splicing tests: a fixed source
@@ -54,7 +56,7 @@ func stream(args []string) error {
 	if err != nil {
 		return err
 	}
-	res := roundtripResult{Getpeername: c.RemoteAddr().String(), Getsockname: c.LocalAddr().String(), Bytes: *size}
+	res := peer.Roundtrip{Getpeername: c.RemoteAddr().String(), Getsockname: c.LocalAddr().String(), Bytes: *size}
 	res.ServerSawPeer, res.ServerLocal = parseHello(line)
 	time.Sleep(*pause)
 
@@ -84,12 +86,6 @@ func stream(args []string) error {
 	res.Intact = got == int64(*size) && bytes.Equal(h.Sum(nil), want[:])
 	res.ElapsedSeconds = time.Since(start).Seconds()
 	return emit(res)
-}
-
-type resetResult struct {
-	Error   string  `json:"error"`
-	Sent    int64   `json:"sent"`
-	Seconds float64 `json:"seconds"`
 }
 
 // reset streams to the server until the connection fails (the test resets
@@ -122,7 +118,7 @@ func reset(args []string) error {
 	}()
 	buf := make([]byte, 64<<10)
 	var sent int64
-	res := resetResult{}
+	res := peer.Reset{}
 	for {
 		if *abort && sent >= *size {
 			tc.SetLinger(0)
