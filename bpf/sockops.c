@@ -4,9 +4,10 @@
  * connecting socket to the socket the sidecar accepts. Part of the one
  * datapath object: compiled through bpf/datapath.c, not on its own.
  *
- * The client's ACTIVE_ESTABLISHED callback runs before it sends the final
- * ACK, so before the listener creates the child socket and runs
- * PASSIVE_ESTABLISHED: the client publishes the destination in sb_tuples, the
+ * The client's TCP_CONNECT_CB callback runs before it sends its SYN, so
+ * before the listener creates the child socket and runs
+ * PASSIVE_ESTABLISHED (at the final ACK, or at the SYN itself for a TCP
+ * Fast Open child): the client publishes the destination in sb_tuples, the
  * child moves it into its own socket storage and deletes the entry. An entry
  * whose child never appears is deleted when the client socket closes. No
  * per-connection state outlives its sockets.
@@ -92,24 +93,43 @@ static __always_inline void tuple_key(struct bpf_sock_ops *skops, struct sb_tupl
 	key->pad = 0;
 }
 
-static __always_inline void active_established(struct bpf_sock_ops *skops, struct bpf_sock *sk,
-					       const bool splice)
+/* The client publishes its original destination when it sends its SYN
+ * (TCP_CONNECT_CB, which runs with the source port chosen), not at
+ * ACTIVE_ESTABLISHED: a TCP Fast Open listener creates the child, and runs
+ * its PASSIVE_ESTABLISHED, as soon as a SYN carrying data arrives, before
+ * the client has seen the SYN-ACK; the sidecar could accept it and ask for
+ * SO_ORIGINAL_DST before the client published (HAProxy then rejects the
+ * connection). The state callback removes the entry if no child ever
+ * takes it. */
+static __always_inline void connecting(struct bpf_sock_ops *skops, struct bpf_sock *sk)
 {
 	struct sb_tuple key;
 	struct sb_sock *s;
 
 	s = bpf_sk_storage_get(&sb_socks, sk, 0, 0);
-	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT))) {
-		if (splice && is_passthrough(skops->local_ip4, skops->remote_ip4))
-			mark_passthrough(skops, sk, splice);
+	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT)))
 		return;
-	}
 	tuple_key(skops, &key, 0);
 	if (bpf_map_update_elem(&sb_tuples, &key, s, BPF_ANY)) {
 		sb_count(SB_STAT_TUPLE_FAILED);
 		return;
 	}
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+static __always_inline void active_established(struct bpf_sock_ops *skops, struct bpf_sock *sk,
+					       const bool splice)
+{
+	struct sb_sock *s;
+
+	if (!splice)
+		return;
+	s = bpf_sk_storage_get(&sb_socks, sk, 0, 0);
+	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT))) {
+		if (is_passthrough(skops->local_ip4, skops->remote_ip4))
+			mark_passthrough(skops, sk, splice);
+		return;
+	}
 	splice_add(skops, splice);
 }
 
@@ -162,6 +182,9 @@ static __always_inline int track(struct bpf_sock_ops *skops, const bool splice)
 		return 1;
 
 	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		connecting(skops, sk);
+		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		active_established(skops, sk, splice);
 		break;

@@ -24,7 +24,7 @@
 
 #define SB_MAX_PODS 4096
 /* In-flight handshakes only: an entry lives from the client's
- * ACTIVE_ESTABLISHED to the sidecar's PASSIVE_ESTABLISHED. */
+ * TCP_CONNECT_CB (its SYN) to the sidecar's PASSIVE_ESTABLISHED. */
 #define SB_MAX_TUPLES 65536
 /* Sockets of live captured flows that can be spliced (two per flow). */
 #define SB_MAX_SPLICED 131072
