@@ -138,6 +138,7 @@ type podOpts struct {
 	inMap   bool // listed in the datapath's pod map
 	capture bool
 	sidecar bool
+	tfo     bool // the sidecar takes and makes TCP Fast Open connections
 }
 
 func (e *env) addPod(name string, ip netip.Addr, o podOpts) *pod {
@@ -163,7 +164,7 @@ func (e *env) addPod(name string, ip netip.Addr, o podOpts) *pod {
 	if o.sidecar {
 		p.sidecar = testutil.StartSidecar(e.t, testutil.SidecarSpec{
 			Netns: ns, Cgroup: p.proxy, UID: proxyUID, GID: proxyUID,
-			Outbound: int(e.cfg.OutboundPort), Inbound: int(e.cfg.InboundPort),
+			Outbound: int(e.cfg.OutboundPort), Inbound: int(e.cfg.InboundPort), TFO: o.tfo,
 		})
 	}
 	return p

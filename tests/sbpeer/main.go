@@ -33,7 +33,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: sbpeer serve|roundtrip|conns|sockopts|hold [flags]")
+		fmt.Fprintln(os.Stderr, "usage: sbpeer serve|roundtrip|conns|sockopts|hold|stream|reset|gosidecar|mserve|mclient|sink|reqresp|bulk [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -54,10 +54,14 @@ func main() {
 		err = reset(os.Args[2:])
 	case "gosidecar":
 		err = gosidecar(os.Args[2:])
+	case "mserve":
+		err = mserve(os.Args[2:])
+	case "mclient":
+		err = mclient(os.Args[2:])
 	case "sink", "reqresp", "bulk": // benchmark modes, bench.go
 		err = benchMode(os.Args[1], os.Args[2:])
 	default:
-		err = fmt.Errorf("unknown mode %q (valid: serve, roundtrip, conns, sockopts, hold)", os.Args[1])
+		err = fmt.Errorf("unknown mode %q (valid: serve, roundtrip, conns, sockopts, hold, stream, reset, gosidecar, mserve, mclient, sink, reqresp, bulk)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sbpeer:", err)
