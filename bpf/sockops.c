@@ -12,9 +12,10 @@
  * whose child never appears is deleted when the client socket closes. No
  * per-connection state outlives its sockets.
  *
- * With splicing on (the sockops_splice entry point), it also adds both sockets of every captured flow to
- * sb_sockhash: app <-> sidecar, sidecar <-> sidecar on this node, and the
- * sidecar's inbound passthrough (from 127.0.0.6) <-> app. Nothing else.
+ * With splicing on (the sockops_splice entry point), it also adds to
+ * sb_sockhash both sockets of every sidecar to sidecar connection on this
+ * node (the same-node shortcut). Nothing else: no socket an application
+ * owns (see active_established).
  *
  * Kernel: sockops 4.13, bpf_sk_storage_get from sockops 5.3,
  * bpf_get_netns_cookie from sockops 5.15, BPF_SOCK_OPS_STATE_CB 4.17,
@@ -46,27 +47,6 @@ static __always_inline void splice_add(struct bpf_sock_ops *skops, const bool sp
 		return;
 	}
 	sb_count(SB_STAT_SPLICE_ADDED);
-}
-
-/* A connection from Envoy's inbound passthrough address to a captured pod
- * on this node: the last hop of an inbound flow. */
-static __always_inline int is_passthrough(__u32 client_ip4, __u32 server_ip4)
-{
-	return client_ip4 == bpf_htonl(SB_PASSTHROUGH_IP) && sb_is_captured_pod_ip(server_ip4);
-}
-
-static __always_inline void mark_passthrough(struct bpf_sock_ops *skops, struct bpf_sock *sk,
-					     const bool splice)
-{
-	struct sb_sock *s;
-
-	s = bpf_sk_storage_get(&sb_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!s) {
-		sb_count(SB_STAT_STORAGE_FAILED);
-		return;
-	}
-	s->flags = SB_SOCK_PASSTHROUGH;
-	splice_add(skops, splice);
 }
 
 /* The key is the connection as the client sees it; the netns cookie keeps
@@ -117,6 +97,17 @@ static __always_inline void connecting(struct bpf_sock_ops *skops, struct bpf_so
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
+/* Only a sidecar's connection to another pod's sidecar on this node (the
+ * shortcut, SB_SOCK_SHORTCUT) is spliced, never a socket an application
+ * owns (the app's captured socket, the sidecar's socket accepted from it,
+ * the inbound passthrough to the app). Every socket in the sockhash is
+ * read through tcp_bpf_recvmsg, which returns EAGAIN from a blocking recv
+ * whenever its wait ends without data (a write-space wake-up, long before
+ * SO_RCVTIMEO), and returns what is queued whatever MSG_WAITALL asks
+ * (TestSpliceMatrix: blocking read, recv(MSG_PEEK) and recv(MSG_WAITALL)
+ * got EAGAIN within 2 ms on 6.18; the upstream code is the same). An
+ * application may read in those ways; a sidecar reads non-blocking from an
+ * event loop, where EAGAIN is expected. */
 static __always_inline void active_established(struct bpf_sock_ops *skops, struct bpf_sock *sk,
 					       const bool splice)
 {
@@ -125,11 +116,8 @@ static __always_inline void active_established(struct bpf_sock_ops *skops, struc
 	if (!splice)
 		return;
 	s = bpf_sk_storage_get(&sb_socks, sk, 0, 0);
-	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT))) {
-		if (is_passthrough(skops->local_ip4, skops->remote_ip4))
-			mark_passthrough(skops, sk, splice);
+	if (!s || !(s->flags & SB_SOCK_SHORTCUT))
 		return;
-	}
 	splice_add(skops, splice);
 }
 
@@ -138,14 +126,12 @@ static __always_inline void passive_established(struct bpf_sock_ops *skops, stru
 {
 	struct sb_tuple key;
 	struct sb_sock *orig, *s;
+	bool shortcut;
 
 	tuple_key(skops, &key, 1);
 	orig = bpf_map_lookup_elem(&sb_tuples, &key);
-	if (!orig) {
-		if (splice && is_passthrough(skops->remote_ip4, skops->local_ip4))
-			mark_passthrough(skops, sk, splice);
+	if (!orig)
 		return;
-	}
 	s = bpf_sk_storage_get(&sb_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!s) {
 		/* Leave the entry: getsockopt falls back to sb_tuples and the
@@ -156,8 +142,11 @@ static __always_inline void passive_established(struct bpf_sock_ops *skops, stru
 	s->ip4 = orig->ip4;
 	s->port = orig->port;
 	s->flags = SB_SOCK_ORIGDST;
+	/* Only a sidecar's shortcut connection (see active_established). */
+	shortcut = orig->flags & SB_SOCK_SHORTCUT;
 	bpf_map_delete_elem(&sb_tuples, &key);
-	splice_add(skops, splice);
+	if (shortcut)
+		splice_add(skops, splice);
 }
 
 static __always_inline void state_changed(struct bpf_sock_ops *skops, struct bpf_sock *sk)

@@ -124,7 +124,9 @@ enum sb_sock_flag {
 	SB_SOCK_CAPTURED = 1 << 0, /* app socket rewritten to the outbound port */
 	SB_SOCK_SHORTCUT = 1 << 1, /* sidecar socket rewritten to a local pod's inbound port */
 	SB_SOCK_ORIGDST = 1 << 2, /* accepted sidecar socket that knows its original dst */
-	SB_SOCK_PASSTHROUGH = 1 << 3, /* sidecar -> app inbound passthrough (127.0.0.6) */
+	/* sidecar -> app inbound passthrough (127.0.0.6); no longer set: it
+	 * marked sockets to splice, and application sockets are not spliced */
+	SB_SOCK_PASSTHROUGH = 1 << 3,
 };
 
 /* Per-socket state in sb_sock (socket local storage, freed with the socket). */
