@@ -171,6 +171,7 @@ enum sb_stat {
 	SB_STAT_SPLICE_REDIRECTED, /* sk_msg: message redirected to the peer socket */
 	SB_STAT_SPLICE_PASSED, /* sk_msg: no peer in sb_sockhash, message sent over TCP */
 	SB_STAT_CGROUP_WALKS, /* connect4: ancestor cgroups searched (cache miss) */
+	SB_STAT_SPLICE_SKIPPED, /* sockops: not spliced, its first bytes travel over TCP (Fast Open) */
 	SB_STAT_MAX,
 };
 

@@ -121,7 +121,8 @@ const (
 	datapathSbStatSB_STAT_SPLICE_REDIRECTED datapathSbStat = 10
 	datapathSbStatSB_STAT_SPLICE_PASSED     datapathSbStat = 11
 	datapathSbStatSB_STAT_CGROUP_WALKS      datapathSbStat = 12
-	datapathSbStatSB_STAT_MAX               datapathSbStat = 13
+	datapathSbStatSB_STAT_SPLICE_SKIPPED    datapathSbStat = 13
+	datapathSbStatSB_STAT_MAX               datapathSbStat = 14
 )
 
 type datapathSbTuple struct {
