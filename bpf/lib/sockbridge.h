@@ -127,6 +127,9 @@ enum sb_sock_flag {
 	/* sidecar -> app inbound passthrough (127.0.0.6); no longer set: it
 	 * marked sockets to splice, and application sockets are not spliced */
 	SB_SOCK_PASSTHROUGH = 1 << 3,
+	/* spliced socket whose bytes once took TCP: sk_msg never redirects it
+	 * again (bpf/skmsg.c) */
+	SB_SOCK_TCP_ONLY = 1 << 4,
 };
 
 /* Per-socket state in sb_sock (socket local storage, freed with the socket). */
@@ -169,9 +172,10 @@ enum sb_stat {
 	SB_STAT_SPLICE_ADDED, /* sockops: socket added to sb_sockhash */
 	SB_STAT_SPLICE_ADD_FAILED, /* sockops: sb_sockhash update failed */
 	SB_STAT_SPLICE_REDIRECTED, /* sk_msg: message redirected to the peer socket */
-	SB_STAT_SPLICE_PASSED, /* sk_msg: no peer in sb_sockhash, message sent over TCP */
+	SB_STAT_SPLICE_PASSED, /* sk_msg: no peer in sb_sockhash (or the socket is TCP only), message sent over TCP */
 	SB_STAT_CGROUP_WALKS, /* connect4: ancestor cgroups searched (cache miss) */
 	SB_STAT_SPLICE_SKIPPED, /* sockops: not spliced, its first bytes travel over TCP (Fast Open) */
+	SB_STAT_SPLICE_TCP_ONLY, /* sk_msg: a message took TCP, the socket stays on TCP */
 	SB_STAT_MAX,
 };
 

@@ -93,6 +93,7 @@ const (
 	datapathSbSockFlagSB_SOCK_SHORTCUT    datapathSbSockFlag = 2
 	datapathSbSockFlagSB_SOCK_ORIGDST     datapathSbSockFlag = 4
 	datapathSbSockFlagSB_SOCK_PASSTHROUGH datapathSbSockFlag = 8
+	datapathSbSockFlagSB_SOCK_TCP_ONLY    datapathSbSockFlag = 16
 )
 
 type datapathSbSockKey struct {
@@ -122,7 +123,8 @@ const (
 	datapathSbStatSB_STAT_SPLICE_PASSED     datapathSbStat = 11
 	datapathSbStatSB_STAT_CGROUP_WALKS      datapathSbStat = 12
 	datapathSbStatSB_STAT_SPLICE_SKIPPED    datapathSbStat = 13
-	datapathSbStatSB_STAT_MAX               datapathSbStat = 14
+	datapathSbStatSB_STAT_SPLICE_TCP_ONLY   datapathSbStat = 14
+	datapathSbStatSB_STAT_MAX               datapathSbStat = 15
 )
 
 type datapathSbTuple struct {

@@ -89,6 +89,7 @@ var helperReleases = map[string]string{
 	"bpf_msg_redirect_hash@sk_msg":                        "4.18",
 	"bpf_map_lookup_elem@sk_msg":                          "4.17",
 	"bpf_get_netns_cookie@sk_msg":                         "5.15",
+	"bpf_sk_storage_get@sk_msg":                           "5.8",
 }
 
 // helpers lists each helper the datapath's programs call, per program
