@@ -9,7 +9,6 @@ import (
 	"hash/fnv"
 	"net/netip"
 	"os"
-	"os/exec"
 	"sync"
 	"time"
 	"unsafe"
@@ -183,13 +182,6 @@ func runCase(ap netip.AddrPort, c peer.Case, stall time.Duration) peer.ClientRes
 	if err != nil {
 		res.Error = err.Error()
 		return res
-	}
-	if c.NoCookie {
-		// The Fast Open cookies live in the namespace's TCP metrics.
-		if out, err := exec.Command("ip", "tcp_metrics", "flush", "all").CombinedOutput(); err != nil {
-			res.Error = fmt.Sprintf("flush the Fast Open cookies: %v %s", err, out)
-			return res
-		}
 	}
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {

@@ -53,8 +53,9 @@ const HeaderSize = 512
 type Case struct {
 	ID   string `json:"id"`
 	Open string `json:"open"`
-	// NoCookie makes the client flush its TCP Fast Open cookies (the
-	// namespace's tcp_metrics) before opening.
+	// NoCookie asks whoever runs the case to flush the client
+	// namespace's TCP Fast Open cookies (its tcp_metrics) first: mclient
+	// may run as the proxy's uid, without CAP_NET_ADMIN.
 	NoCookie bool `json:"no_cookie,omitempty"`
 	// Sequential makes the server send Down only once Up has ended, a
 	// request and its response, instead of both at once.
