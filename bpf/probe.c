@@ -11,10 +11,13 @@
  *
  * Kernel: cgroup/connect4 4.17, cgroup/getpeername4 5.8, cgroup/getsockopt
  * 5.3, sockops 4.13, sockhash, bpf_sock_hash_update and
- * bpf_msg_redirect_hash 4.18.
+ * bpf_msg_redirect_hash 4.18, the establishing segment in sockops
+ * (skb_data) 5.10.
  */
 #include <linux/bpf.h>
+#include <linux/tcp.h>
 #include <linux/types.h>
+#include <stdbool.h>
 #include <bpf_endian.h>
 #include <bpf_helpers.h>
 
@@ -37,6 +40,7 @@ enum sbp_stat {
 	SBP_STAT_SOCKOPT_ANSWERED, /* getsockopt: test option answered */
 	SBP_STAT_SOCKHASH_ADDED, /* sockops: established socket added to sbp_socks */
 	SBP_STAT_MSG_REDIRECTED, /* sk_msg: message redirected to the peer's ingress */
+	SBP_STAT_SOCKHASH_SKIPPED, /* sockops: socket kept out, its first bytes took TCP */
 	SBP_STAT_MAX,
 };
 
@@ -116,7 +120,22 @@ int getsockopt_answer(struct bpf_sockopt *ctx)
 	return 1;
 }
 
-/* Puts both ends of an established connection into sbp_socks. */
+/* Whether the segment that established a passive socket carried payload,
+ * as bpf/sockops.c decides it. */
+static __always_inline bool established_with_data(struct bpf_sock_ops *skops)
+{
+	struct tcphdr *th = (void *)(long)skops->skb_data;
+
+	if ((void *)(th + 1) > (void *)(long)skops->skb_data_end)
+		return true;
+	return skops->skb_len > (__u32)th->doff * 4;
+}
+
+/* Puts both ends of an established connection into sbp_socks, except a
+ * connection whose first bytes travel over TCP (TCP Fast Open), which the
+ * datapath keeps out the same way (bpf/sockops.c): the client when its SYN
+ * carried data, the child when the segment that established it did (and
+ * then its client, which may have joined, comes out). */
 SEC("sockops")
 int sockops_insert(struct bpf_sock_ops *skops)
 {
@@ -126,7 +145,21 @@ int sockops_insert(struct bpf_sock_ops *skops)
 		return 1;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		if (skops->data_segs_out) {
+			sbp_count(SBP_STAT_SOCKHASH_SKIPPED);
+			break;
+		}
+		key = skops->local_port; /* host byte order */
+		if (!bpf_sock_hash_update(skops, &sbp_socks, &key, BPF_ANY))
+			sbp_count(SBP_STAT_SOCKHASH_ADDED);
+		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		if (established_with_data(skops)) {
+			key = bpf_ntohl(skops->remote_port); /* the client's port */
+			bpf_map_delete_elem(&sbp_socks, &key);
+			sbp_count(SBP_STAT_SOCKHASH_SKIPPED);
+			break;
+		}
 		key = skops->local_port; /* host byte order */
 		if (!bpf_sock_hash_update(skops, &sbp_socks, &key, BPF_ANY))
 			sbp_count(SBP_STAT_SOCKHASH_ADDED);

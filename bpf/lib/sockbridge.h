@@ -31,7 +31,7 @@
 
 #define SB_MAX_PODS 4096
 /* In-flight handshakes only: an entry lives from the client's
- * ACTIVE_ESTABLISHED to the sidecar's PASSIVE_ESTABLISHED. */
+ * TCP_CONNECT_CB (its SYN) to the sidecar's PASSIVE_ESTABLISHED. */
 #define SB_MAX_TUPLES 65536
 /* Sockets of live captured flows that can be spliced (two per flow). */
 #define SB_MAX_SPLICED 131072
@@ -154,12 +154,14 @@ enum sb_sock_flag {
 	SB_SOCK_CAPTURED = 1 << 0, /* app socket rewritten to the outbound port */
 	SB_SOCK_SHORTCUT = 1 << 1, /* sidecar socket rewritten to a local pod's inbound port */
 	SB_SOCK_ORIGDST = 1 << 2, /* accepted sidecar socket that knows its original dst */
-	SB_SOCK_PASSTHROUGH = 1 << 3, /* sidecar -> app inbound passthrough (127.0.0.6, ::6) */
 	/* The socket's DNS went to the DNS proxy: addr/port are the
 	 * nameserver it asked last, which replies from the proxy are given
 	 * as their source. With SB_SOCK_CAPTURED too for a connected socket
 	 * (UDP or TCP), whose getpeername() returns the nameserver. */
-	SB_SOCK_DNS = 1 << 4,
+	SB_SOCK_DNS = 1 << 3,
+	/* spliced socket whose bytes once took TCP: sk_msg never redirects it
+	 * again (bpf/skmsg.c) */
+	SB_SOCK_TCP_ONLY = 1 << 4,
 };
 
 /* Per-socket state in sb_socks (socket local storage, freed with the
@@ -204,7 +206,7 @@ enum sb_stat {
 	SB_STAT_SPLICE_ADDED, /* sockops: socket added to sb_sockhash */
 	SB_STAT_SPLICE_ADD_FAILED, /* sockops: sb_sockhash update failed */
 	SB_STAT_SPLICE_REDIRECTED, /* sk_msg: message redirected to the peer socket */
-	SB_STAT_SPLICE_PASSED, /* sk_msg: no peer in sb_sockhash, message sent over TCP */
+	SB_STAT_SPLICE_PASSED, /* sk_msg: no peer in sb_sockhash (or the socket is TCP only), message sent over TCP */
 	SB_STAT_CGROUP_WALKS, /* connect4/6: ancestor cgroups searched (cache miss) */
 	SB_STAT_CAPTURED_V6, /* connect6: of captured, native IPv6 destinations */
 	SB_STAT_CAPTURED_MAPPED, /* connect6: of captured, v4-mapped destinations on AF_INET6 sockets */
@@ -218,6 +220,8 @@ enum sb_stat {
 	SB_STAT_DNS_CAPTURED, /* sendmsg4/6: a query sent to the DNS proxy instead of a nameserver */
 	SB_STAT_DNS_CONNECTED, /* connect4/6: a UDP or TCP socket to port 53 connected to the DNS proxy */
 	SB_STAT_DNS_RESTORED, /* recvmsg4/6: a DNS proxy reply given the nameserver as source */
+	SB_STAT_SPLICE_SKIPPED, /* sockops: not spliced, its first bytes travel over TCP (Fast Open) */
+	SB_STAT_SPLICE_TCP_ONLY, /* sk_msg: a message took TCP, the socket stays on TCP */
 	SB_STAT_MAX,
 };
 
@@ -555,18 +559,6 @@ static __always_inline struct sb_pod *sb_inbound_pod(const struct sb_addr *local
 		return NULL;
 	*cgroup_id = id;
 	return pod;
-}
-
-/* Whether a belongs to a captured pod on this node. */
-static __always_inline bool sb_is_captured_pod_ip(const struct sb_addr *a)
-{
-	struct sb_pod_ip *pi = bpf_map_lookup_elem(&sb_pod_ips, a);
-	struct sb_pod *pod;
-
-	if (!pi)
-		return false;
-	pod = bpf_map_lookup_elem(&sb_pods, &pi->cgroup_id);
-	return pod && (pod->flags & SB_POD_CAPTURE);
 }
 
 /* A socket's own addresses (struct bpf_sock: src_ip4/6, dst_ip4/6 by

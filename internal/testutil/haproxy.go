@@ -29,6 +29,12 @@ type SidecarSpec struct {
 	Outbound, Inbound int
 	// MaxConn bounds HAProxy's connections; it must fit `ulimit -n`.
 	MaxConn int
+	// TFO enables TCP Fast Open on both listeners and on the upstream
+	// connections (HAProxy's `tfo` bind and server options). Whether the
+	// listeners take data in the SYN is then up to the namespace's
+	// net.ipv4.tcp_fastopen (server bit 0x2), which a test may flip
+	// between connections.
+	TFO bool
 }
 
 // sidecarConfig renders the HAProxy configuration. No splice options: data
@@ -38,6 +44,10 @@ type SidecarSpec struct {
 func sidecarConfig(s SidecarSpec) string {
 	if s.MaxConn == 0 {
 		s.MaxConn = 2000
+	}
+	tfo := ""
+	if s.TFO {
+		tfo = " tfo"
 	}
 	return fmt.Sprintf(`global
     nbthread 1
@@ -58,17 +68,17 @@ defaults
     timeout server 120s
 
 listen outbound
-    bind 127.0.0.1:%[2]d
+    bind 127.0.0.1:%[2]d%[4]s
     tcp-request connection reject if { dst 127.0.0.1 } { dst_port %[2]d }
     log-format "outbound client=%%ci:%%cp orig_dst=%%fi:%%fp"
-    server orig 0.0.0.0:0
+    server orig 0.0.0.0:0%[4]s
 
 listen inbound
-    bind 0.0.0.0:%[3]d
+    bind 0.0.0.0:%[3]d%[4]s
     tcp-request connection reject if { dst_port %[3]d }
     log-format "inbound client=%%ci:%%cp orig_dst=%%fi:%%fp"
-    server orig 0.0.0.0:0 source 127.0.0.6
-`, s.MaxConn, s.Outbound, s.Inbound)
+    server orig 0.0.0.0:0 source 127.0.0.6%[4]s
+`, s.MaxConn, s.Outbound, s.Inbound, tfo)
 }
 
 // StartSidecar starts HAProxy and waits until both ports listen.

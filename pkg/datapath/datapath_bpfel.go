@@ -114,11 +114,11 @@ type datapathSbSock struct {
 type datapathSbSockFlag uint32
 
 const (
-	datapathSbSockFlagSB_SOCK_CAPTURED    datapathSbSockFlag = 1
-	datapathSbSockFlagSB_SOCK_SHORTCUT    datapathSbSockFlag = 2
-	datapathSbSockFlagSB_SOCK_ORIGDST     datapathSbSockFlag = 4
-	datapathSbSockFlagSB_SOCK_PASSTHROUGH datapathSbSockFlag = 8
-	datapathSbSockFlagSB_SOCK_DNS         datapathSbSockFlag = 16
+	datapathSbSockFlagSB_SOCK_CAPTURED datapathSbSockFlag = 1
+	datapathSbSockFlagSB_SOCK_SHORTCUT datapathSbSockFlag = 2
+	datapathSbSockFlagSB_SOCK_ORIGDST  datapathSbSockFlag = 4
+	datapathSbSockFlagSB_SOCK_DNS      datapathSbSockFlag = 8
+	datapathSbSockFlagSB_SOCK_TCP_ONLY datapathSbSockFlag = 16
 )
 
 type datapathSbSockKey struct {
@@ -159,7 +159,9 @@ const (
 	datapathSbStatSB_STAT_DNS_CAPTURED        datapathSbStat = 22
 	datapathSbStatSB_STAT_DNS_CONNECTED       datapathSbStat = 23
 	datapathSbStatSB_STAT_DNS_RESTORED        datapathSbStat = 24
-	datapathSbStatSB_STAT_MAX                 datapathSbStat = 25
+	datapathSbStatSB_STAT_SPLICE_SKIPPED      datapathSbStat = 25
+	datapathSbStatSB_STAT_SPLICE_TCP_ONLY     datapathSbStat = 26
+	datapathSbStatSB_STAT_MAX                 datapathSbStat = 27
 )
 
 type datapathSbTuple struct {

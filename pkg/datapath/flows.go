@@ -15,9 +15,10 @@ import (
 type Flow struct {
 	// OrigDst is the destination the app dialled.
 	OrigDst netip.AddrPort `json:"orig_dst"`
-	// Role: "app" (captured connect), "shortcut" (sidecar to a local
-	// pod's inbound port), "sidecar" (accepted by the sidecar) or
-	// "passthrough" (either end of the sidecar's inbound passthrough).
+	// Role: "app" (captured connect, or a connected DNS socket),
+	// "shortcut" (sidecar to a local pod's inbound port), "sidecar"
+	// (accepted by the sidecar) or "dns" (an unconnected UDP socket whose
+	// DNS went to the proxy).
 	Role string `json:"role"`
 	// Local and Remote are the socket's own addresses.
 	Local  netip.AddrPort `json:"local"`
@@ -94,8 +95,8 @@ func flowRole(flags uint16) string {
 		return "shortcut"
 	case flags&uint16(datapathSbSockFlagSB_SOCK_ORIGDST) != 0:
 		return "sidecar"
-	case flags&uint16(datapathSbSockFlagSB_SOCK_PASSTHROUGH) != 0:
-		return "passthrough"
+	case flags&uint16(datapathSbSockFlagSB_SOCK_DNS) != 0:
+		return "dns"
 	}
 	return fmt.Sprintf("flags=%#x", flags)
 }

@@ -6,9 +6,11 @@
 // and helper the datapath uses (with github.com/cilium/ebpf/features),
 // attaches a trivial program for each attach type to a temporary child
 // cgroup (through bpf_link), and runs functional self-tests where a feature
-// can exist but misbehave: a connect4 rewrite, a getsockopt answer, and a
+// can exist but misbehave: a connect4 rewrite, a getsockopt answer, a
 // sockhash + sk_msg redirect whose receiver must report the bytes queued
-// through FIONREAD. Report.Plan says what the agent can enable;
+// through FIONREAD, and TCP Fast Open connections that the datapath's rule
+// must keep out of the sockhash so their bytes stay in order.
+// Report.Plan says what the agent can enable;
 // Report.Err is the one line the agent exits with when capture is
 // impossible.
 //

@@ -315,6 +315,7 @@ func TestHelpersComeFromTheObject(t *testing.T) {
 		"bpf_msg_redirect_hash@sk_msg":                        NeedSplice,
 		"bpf_map_lookup_elem@sk_msg":                          NeedSplice,
 		"bpf_get_netns_cookie@sk_msg":                         NeedSplice,
+		"bpf_sk_storage_get@sk_msg":                           NeedSplice,
 	}
 	list, err := datapathHelpers()
 	if err != nil {

@@ -97,6 +97,7 @@ var helperReleases = map[string]string{
 	"bpf_sk_release@sk_lookup":                            "5.9",
 	"bpf_map_lookup_elem@sk_msg":                          "4.17",
 	"bpf_get_netns_cookie@sk_msg":                         "5.15",
+	"bpf_sk_storage_get@sk_msg":                           "5.8",
 }
 
 // helpers lists each helper the datapath's programs call, per program

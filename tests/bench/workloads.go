@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 // metric is one number the benchmark reports per variant and round.
@@ -65,36 +66,9 @@ func (b *bench) workloads() []workload {
 	}
 }
 
-// Results of sbpeer's modes (tests/sbpeer).
-type reqrespResult struct {
-	Requests  int     `json:"requests"`
-	PerSec    float64 `json:"per_second"`
-	P50Us     float64 `json:"p50_us"`
-	P99Us     float64 `json:"p99_us"`
-	Intact    bool    `json:"intact"`
-	FirstErr  string  `json:"first_error"`
-	ServerSaw string  `json:"server_saw_peer"`
-}
-
-type bulkResult struct {
-	Bytes     int64   `json:"bytes"`
-	MBPerSec  float64 `json:"mb_per_second"`
-	Intact    bool    `json:"intact"`
-	Server    string  `json:"server_result"`
-	ServerSaw string  `json:"server_saw_peer"`
-}
-
-type connsResult struct {
-	OK       int64   `json:"ok"`
-	Failed   int64   `json:"failed"`
-	FirstErr string  `json:"first_error"`
-	PerSec   float64 `json:"per_second"`
-	P99Ms    float64 `json:"connect_p99_ms"`
-}
-
 func (b *bench) reqresp(label string, size int) func(v *variant) (map[string]float64, int, error) {
 	return func(v *variant) (map[string]float64, int, error) {
-		var r reqrespResult
+		var r peer.ReqResp
 		err := b.sbpeer(v, &r, b.s.Duration+time.Minute, "reqresp", "-addr", v.echoAddr,
 			"-size", strconv.Itoa(size), "-n", strconv.Itoa(b.s.ReqMax), "-duration", b.s.Duration.String())
 		switch {
@@ -119,7 +93,7 @@ func (b *bench) bulk(v *variant) (map[string]float64, int, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	var r bulkResult
+	var r peer.Bulk
 	timeout := time.Minute + time.Duration(b.s.BulkBytes/(10<<20))*time.Second // at worst 10 MiB/s
 	err = b.sbpeer(v, &r, timeout, "bulk", "-addr", v.sinkAddr,
 		"-bytes", strconv.FormatInt(b.s.BulkBytes, 10), "-timeout", timeout.String())
@@ -168,8 +142,8 @@ func (b *bench) conntrack(v *variant) (map[string]float64, int, error) {
 	return map[string]float64{"ct_per_conn": float64(n) / float64(r.OK)}, int(r.OK), nil
 }
 
-func (b *bench) runConns(v *variant, n, parallel int) (connsResult, error) {
-	var r connsResult
+func (b *bench) runConns(v *variant, n, parallel int) (peer.Conns, error) {
+	var r peer.Conns
 	err := b.sbpeer(v, &r, 5*time.Minute, "conns", "-addr", v.echoAddr,
 		"-n", strconv.Itoa(n), "-parallel", strconv.Itoa(parallel))
 	switch {

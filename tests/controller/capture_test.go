@@ -12,6 +12,7 @@ import (
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
 	"github.com/sockbridge/sockbridge/pkg/policy"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 const proxyUID = 1337
@@ -95,12 +96,6 @@ func (w *world) addPod(name, driver string, ip netip.Addr, annotations map[strin
 	return p
 }
 
-type roundtripResult struct {
-	ServerSawPeer string `json:"server_saw_peer"`
-	Getpeername   string `json:"getpeername"`
-	Intact        bool   `json:"intact"`
-}
-
 // dial connects from the pod's app container to addr and reports whether
 // the connection went through the sidecar.
 func (p *tpod) dial(t *testing.T, addr string) (captured bool) {
@@ -113,7 +108,7 @@ func (p *tpod) dial(t *testing.T, addr string) (captured bool) {
 	if err != nil {
 		t.Fatalf("%s dials %s: %v", p.name, addr, err)
 	}
-	var r roundtripResult
+	var r peer.Roundtrip
 	if err := json.Unmarshal(out, &r); err != nil {
 		t.Fatalf("decode %q: %v", out, err)
 	}

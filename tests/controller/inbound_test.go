@@ -15,6 +15,7 @@ import (
 	"github.com/sockbridge/sockbridge/pkg/datapath"
 	"github.com/sockbridge/sockbridge/pkg/inbound"
 	"github.com/sockbridge/sockbridge/pkg/policy"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 const (
@@ -70,7 +71,7 @@ func TestInboundFollowsAPI(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dial %s: %v", addr, err)
 		}
-		var res roundtripResult
+		var res peer.Roundtrip
 		if err := json.Unmarshal(out, &res); err != nil || !res.Intact {
 			t.Fatalf("dial %s: %s (%v)", addr, out, err)
 		}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 func main() {
@@ -180,21 +181,13 @@ func (d *demo) run() {
 	fmt.Println("\ndemo ok: both requests went through the sidecars with the original destination preserved")
 }
 
-type roundtripResult struct {
-	ServerSawPeer string `json:"server_saw_peer"`
-	Getpeername   string `json:"getpeername"`
-	Getsockname   string `json:"getsockname"`
-	Bytes         int    `json:"bytes"`
-	Intact        bool   `json:"intact"`
-}
-
-func (d *demo) roundtrip(spec testutil.ProcSpec, sbpeer, addr string) roundtripResult {
+func (d *demo) roundtrip(spec testutil.ProcSpec, sbpeer, addr string) peer.Roundtrip {
 	spec.Args = []string{sbpeer, "roundtrip", "-addr", addr, "-bytes", "65536"}
 	out, err := testutil.Output(d, 30*time.Second, spec)
 	if err != nil {
 		d.Fatalf("roundtrip to %s: %v", addr, err)
 	}
-	var r roundtripResult
+	var r peer.Roundtrip
 	if err := json.Unmarshal(out, &r); err != nil {
 		d.Fatalf("decode %q: %v", out, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/bpfobj"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 // The agent binary installs the datapath from a pod file; the datapath
@@ -33,7 +34,7 @@ func TestAgentRestartAndUninstall(t *testing.T) {
 
 	captures := func(want int) {
 		t.Helper()
-		var r roundtripResult
+		var r peer.Roundtrip
 		a.run(t, &r, "roundtrip", "-addr", serverAddr(), "-bytes", "4096")
 		if !r.Intact {
 			t.Fatalf("round trip failed: %+v", r)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 var (
@@ -23,7 +24,7 @@ func TestOutboundCaptureThroughSidecar(t *testing.T) {
 	e := newEnv(t)
 	a := e.addPod("a", podAIP, podOpts{inMap: true, capture: true, sidecar: true})
 
-	var r roundtripResult
+	var r peer.Roundtrip
 	a.run(t, &r, "roundtrip", "-addr", serverAddr(), "-bytes", fmt.Sprint(16<<20))
 	if !r.Intact {
 		t.Fatalf("16 MiB did not round-trip intact: %+v", r)
@@ -89,7 +90,7 @@ func TestUncapturedTrafficUntouched(t *testing.T) {
 
 	direct := func(name string, spec testutil.ProcSpec, ip netip.Addr) {
 		t.Run(name, func(t *testing.T) {
-			var r roundtripResult
+			var r peer.Roundtrip
 			runIn(t, spec, &r, "roundtrip", "-addr", serverAddr(), "-bytes", "65536")
 			if !r.Intact || hostOf(r.ServerSawPeer) != ip.String() || r.Getpeername != serverAddr() {
 				t.Errorf("want a direct, intact connection from %s: %+v", ip, r)
@@ -104,7 +105,7 @@ func TestUncapturedTrafficUntouched(t *testing.T) {
 		// The app dials its own sidecar's inbound port on 127.0.0.1:
 		// HAProxy rejects it (no original destination), which proves
 		// it arrived as dialled and was not rewritten to 15001.
-		var r connsResult
+		var r peer.Conns
 		runIn(t, testutil.ProcSpec{Netns: a.ns, Cgroup: a.app}, &r, "conns", "-addr", "127.0.0.1:15006", "-n", "1", "-parallel", "1")
 		if r.OK != 0 {
 			t.Errorf("loopback connection was served: %+v", r)
@@ -128,7 +129,7 @@ func TestSockoptsUnchanged(t *testing.T) {
 	e := newEnv(t)
 	a := e.addPod("a", podAIP, podOpts{inMap: true, capture: true, sidecar: true})
 
-	var captured, plain sockoptsResult
+	var captured, plain peer.Sockopts
 	a.run(t, &captured, "sockopts", "-addr", serverAddr())
 	runIn(t, testutil.ProcSpec{Netns: a.ns}, &plain, "sockopts", "-addr", serverAddr())
 
@@ -160,7 +161,7 @@ func TestCaptureFollowsPodMapWithoutRestart(t *testing.T) {
 	spec := testutil.ProcSpec{Netns: a.ns, Cgroup: a.app}
 	step := func(want int) {
 		t.Helper()
-		var r connsResult
+		var r peer.Conns
 		runIn(t, spec, &r, "conns", "-addr", serverAddr(), "-n", "20", "-parallel", "1")
 		if r.OK != 20 {
 			t.Fatalf("connections failed: %+v", r)

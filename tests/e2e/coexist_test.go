@@ -9,6 +9,7 @@ import (
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/tests/coexist"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 // service is the "ClusterIP" the stand-in load balancer translates to the
@@ -74,7 +75,7 @@ func TestCoexistWithSocketLBAbove(t *testing.T) {
 	}
 	captured := func(round int) {
 		t.Helper()
-		var r roundtripResult
+		var r peer.Roundtrip
 		a.run(t, &r, "roundtrip", "-addr", service.String(), "-bytes", "4096")
 		if !r.Intact || r.ServerLocal != backend().String() {
 			t.Fatalf("round %d: app -> %s did not reach the backend %s intact: %+v", round, service, backend(), r)
@@ -109,7 +110,7 @@ func TestCoexistWithSocketLBAbove(t *testing.T) {
 		t.Errorf("sockbridge programs left after uninstall: %v", left)
 	}
 	// Without sockbridge the LB alone translates the app's connect.
-	var r roundtripResult
+	var r peer.Roundtrip
 	a.run(t, &r, "roundtrip", "-addr", service.String(), "-bytes", "4096")
 	if !r.Intact || r.ServerLocal != backend().String() || translated() != 3 {
 		t.Errorf("after uninstall: %+v, LB translated %d, want the app's connect translated (3)", r, translated())
@@ -128,7 +129,7 @@ func TestSocketLBBelowSockbridge(t *testing.T) {
 	e := newEnv(t)
 	a := e.addPod("a", podAIP, podOpts{inMap: true, capture: true, sidecar: true})
 	lb, _ := attachLB(t, a.app)
-	var r roundtripResult
+	var r peer.Roundtrip
 	a.run(t, &r, "roundtrip", "-addr", service.String(), "-bytes", "4096")
 	if !r.Intact || r.ServerLocal != backend().String() {
 		t.Fatalf("app -> %s did not reach the backend intact: %+v", service, r)

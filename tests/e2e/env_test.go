@@ -159,6 +159,7 @@ type podOpts struct {
 	inMap   bool // listed in the datapath's pod map
 	capture bool
 	sidecar bool
+	tfo     bool // the sidecar takes and makes TCP Fast Open connections
 }
 
 func (e *env) addPod(name string, ip netip.Addr, o podOpts) *pod {
@@ -184,7 +185,7 @@ func (e *env) addPod(name string, ip netip.Addr, o podOpts) *pod {
 	if o.sidecar {
 		p.sidecar = testutil.StartSidecar(e.t, testutil.SidecarSpec{
 			Netns: ns, Cgroup: p.proxy, UID: proxyUID, GID: proxyUID,
-			Outbound: int(e.cfg.OutboundPort), Inbound: int(e.cfg.InboundPort),
+			Outbound: int(e.cfg.OutboundPort), Inbound: int(e.cfg.InboundPort), TFO: o.tfo,
 		})
 	}
 	return p
@@ -226,40 +227,6 @@ func (e *env) pinnedStats(t *testing.T) bpfobj.Values {
 		t.Fatalf("read pinned maps: %v", err)
 	}
 	return snap.Stats
-}
-
-// Results of sbpeer modes.
-type roundtripResult struct {
-	ServerSawPeer string `json:"server_saw_peer"`
-	ServerLocal   string `json:"server_local"`
-	Getpeername   string `json:"getpeername"`
-	Getsockname   string `json:"getsockname"`
-	Bytes         int    `json:"bytes"`
-	Intact        bool   `json:"intact"`
-}
-
-type resetResult struct {
-	Error string `json:"error"`
-	Sent  int64  `json:"sent"`
-}
-
-type connsResult struct {
-	OK       int64    `json:"ok"`
-	Failed   int64    `json:"failed"`
-	FirstErr string   `json:"first_error"`
-	Errors   []string `json:"errors"`
-	PerSec   float64  `json:"per_second"`
-}
-
-type optResult struct {
-	Errno string `json:"errno"`
-	Len   int    `json:"len"`
-	Value string `json:"value"`
-}
-
-type sockoptsResult struct {
-	Getpeername string               `json:"getpeername"`
-	Opts        map[string]optResult `json:"opts"`
 }
 
 func hostOf(addrPort string) string {

@@ -16,6 +16,7 @@ import (
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
 	"github.com/sockbridge/sockbridge/pkg/policy"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 func withInbound(c *datapath.Config) { c.Inbound = true }
@@ -122,7 +123,7 @@ func TestInboundFromAnySource(t *testing.T) {
 	for i, c := range clients {
 		t.Run(c.name, func(t *testing.T) {
 			before := e.stats()
-			var r roundtripResult
+			var r peer.Roundtrip
 			runIn(t, c.spec, &r, "roundtrip", "-addr", b.appAddr, "-bytes", fmt.Sprint(16<<20))
 			if !r.Intact {
 				t.Fatalf("16 MiB did not round-trip intact: %+v", r)
@@ -171,7 +172,7 @@ func TestInboundWithSameNodeShortcut(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := e.stats()
-	var r roundtripResult
+	var r peer.Roundtrip
 	a.run(t, &r, "roundtrip", "-addr", b.appAddr, "-bytes", fmt.Sprint(1<<20))
 	if !r.Intact || hostOf(r.ServerSawPeer) != "127.0.0.6" || r.Getpeername != b.appAddr {
 		t.Errorf("%+v: want intact, through B's sidecar, getpeername %s", r, b.appAddr)
@@ -202,7 +203,7 @@ func TestInboundPortRules(t *testing.T) {
 		app  *testutil.Proc
 	}{{"excluded port", 9091, excluded}, {"never-captured port 15021", 15021, health}} {
 		t.Run(c.name, func(t *testing.T) {
-			var r roundtripResult
+			var r peer.Roundtrip
 			runIn(t, testutil.ProcSpec{Netns: remote}, &r, "roundtrip", "-addr", netip.AddrPortFrom(podBIP, uint16(c.port)).String(), "-bytes", "65536")
 			if !r.Intact || hostOf(r.ServerSawPeer) != remote.Addr.String() {
 				t.Errorf("%+v: want intact and straight from %s", r, remote.Addr)
@@ -210,7 +211,7 @@ func TestInboundPortRules(t *testing.T) {
 		})
 	}
 	t.Run("the pod's own traffic to its own address", func(t *testing.T) {
-		var r roundtripResult
+		var r peer.Roundtrip
 		b.run(t, &r, "roundtrip", "-addr", b.appAddr, "-bytes", "65536")
 		if !r.Intact || hostOf(r.ServerSawPeer) != podBIP.String() {
 			t.Errorf("%+v: want intact and straight from the pod's own %s", r, podBIP)
@@ -233,7 +234,7 @@ func TestInboundFailsClosed(t *testing.T) {
 	remote := e.net.AddHost("remote", netip.MustParseAddr("10.250.0.20"))
 
 	b.sidecar.Stop()
-	var r connsResult
+	var r peer.Conns
 	runIn(t, testutil.ProcSpec{Netns: remote}, &r, "conns", "-addr", b.appAddr, "-n", "20", "-parallel", "2")
 	if r.OK != 0 || !strings.Contains(r.FirstErr, "connection refused") {
 		t.Errorf("with the sidecar down: %+v, want every connection refused", r)
@@ -270,7 +271,7 @@ func TestInboundIPv6(t *testing.T) {
 	watch := testutil.WatchConntrackFamily(t, b.ns, "ipv6")
 
 	dst := netip.AddrPortFrom(podB6, appPort).String()
-	var r roundtripResult
+	var r peer.Roundtrip
 	runIn(t, testutil.ProcSpec{Netns: remote}, &r, "roundtrip", "-addr", dst, "-bytes", fmt.Sprint(16<<20), "-halfclose=false")
 	if !r.Intact || hostOf(r.ServerSawPeer) != passthrough6.String() {
 		t.Errorf("%+v: want intact, the app seeing ::6", r)
@@ -287,7 +288,7 @@ func TestInboundIPv6(t *testing.T) {
 		}
 	}
 	// The IPv4 side of the same pod goes through HAProxy's listener.
-	var r4 roundtripResult
+	var r4 peer.Roundtrip
 	runIn(t, testutil.ProcSpec{Netns: remote}, &r4, "roundtrip", "-addr", netip.AddrPortFrom(podBIP, appPort).String(), "-bytes", "65536")
 	if !r4.Intact || hostOf(r4.ServerSawPeer) != "127.0.0.6" {
 		t.Errorf("IPv4 to the dual-stack pod: %+v, want through HAProxy from 127.0.0.6", r4)
@@ -358,7 +359,7 @@ func TestInboundLifecycleWithAgent(t *testing.T) {
 	appAddr := netip.AddrPortFrom(podBIP, appPort).String()
 	remote := e.net.AddHost("remote", netip.MustParseAddr("10.250.0.20"))
 
-	var r roundtripResult
+	var r peer.Roundtrip
 	runIn(t, testutil.ProcSpec{Netns: remote}, &r, "roundtrip", "-addr", appAddr, "-bytes", "65536")
 	if !r.Intact || hostOf(r.ServerSawPeer) != "127.0.0.6" {
 		t.Fatalf("first inbound connection: %+v; want it through the sidecar (from 127.0.0.6)", r)
@@ -382,7 +383,7 @@ func TestInboundLifecycleWithAgent(t *testing.T) {
 			t.Fatalf("the client did not finish:\n%s", client.Output())
 		}
 	}
-	var cr connsResult
+	var cr peer.Conns
 	if err := decodeLastJSON(client.Output(), &cr); err != nil {
 		t.Fatalf("client output: %v\n%s", err, client.Output())
 	}

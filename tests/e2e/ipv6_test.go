@@ -13,6 +13,7 @@ import (
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
 	"github.com/sockbridge/sockbridge/pkg/policy"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 var (
@@ -150,7 +151,7 @@ func TestIPv6Capture(t *testing.T) {
 			}
 			ssBefore := len(c.p.ss.Dialled(false))
 
-			var r roundtripResult
+			var r peer.Roundtrip
 			c.p.run(t, &r, "roundtrip", "-addr", c.dial, "-bytes", fmt.Sprint(16<<20), "-halfclose="+strconv.FormatBool(c.viaHAProxy))
 			if !r.Intact {
 				t.Fatalf("16 MiB did not round-trip intact: %+v", r)
@@ -211,7 +212,7 @@ func TestIPv6Capture(t *testing.T) {
 	// above is a measurement.
 	only6.ns.Exec(t, "ip6tables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "9", "-j", "REDIRECT", "--to-ports", "10")
 	w := testutil.WatchConntrackFamily(t, only6.ns, "ipv6")
-	var r roundtripResult
+	var r peer.Roundtrip
 	only6.run(t, &r, "roundtrip", "-addr", server6Addr(), "-bytes", "1024", "-halfclose=false")
 	if n := w.Stop(); !r.Intact || n < 2 {
 		t.Errorf("control with conntrack on: intact=%v, %d NEW events; want >= 2 (app->sidecar, sidecar->server)", r.Intact, n)
@@ -236,7 +237,7 @@ func TestIPv6ShortcutAndPassthrough(t *testing.T) {
 	testutil.WaitListening(t, b.ns, 9090)
 	bAddr := netip.AddrPortFrom(podB6, 9090).String()
 
-	var r roundtripResult
+	var r peer.Roundtrip
 	a.run(t, &r, "roundtrip", "-addr", bAddr, "-bytes", fmt.Sprint(16<<20), "-halfclose=false")
 	if !r.Intact {
 		t.Fatalf("16 MiB did not round-trip intact: %+v", r)
@@ -261,33 +262,49 @@ func TestIPv6ShortcutAndPassthrough(t *testing.T) {
 	}
 }
 
-// Splicing carries IPv6 and v4-mapped flows, and two pods with identical
-// [::1]:40000 -> [::1]:15001 tuples at the same time each get their own
-// bytes and original destination.
+// Splicing carries IPv6: the same-node shortcut between two pods' sidecars
+// (the only sockets spliced: never an application's) moves 16 MiB intact
+// over IPv6 with its bytes redirected by sk_msg, while the app legs of the
+// same flow stay on TCP. Two pods with identical [::1]:40000 ->
+// [::1]:15001 tuples at the same time each get their own bytes and
+// original destination.
 func TestIPv6Splice(t *testing.T) {
 	e := newEnv6(t, withSplice(true))
 	a := e.addPod6("a", podAIP, podA6, pod6Opts{})
-	b := e.addPod6("b", podBIP, podB6, pod6Opts{})
+	b := e.addPod6("b", podBIP, podB6, pod6Opts{inbound: true})
 	testutil.Start(t, testutil.ProcSpec{Netns: e.server, Args: []string{bin.sbpeer, "serve", "-listen", "[::]:8081"}})
 	testutil.WaitListening(t, e.server, 8081)
+	testutil.Start(t, testutil.ProcSpec{Netns: b.ns, Cgroup: b.app, Args: []string{bin.sbpeer, "serve", "-listen", "[::]:9090"}})
+	testutil.WaitListening(t, b.ns, 9090)
 
-	for _, dial := range []string{server6Addr(), mapped(serverAddr())} {
-		t.Run("16 MiB to "+dial, func(t *testing.T) {
-			before := e.stats().Get("splice_redirected")
-			var r roundtripResult
-			a.run(t, &r, "stream", "-addr", dial, "-bytes", strconv.Itoa(16<<20), "-halfclose=false")
-			if !r.Intact || r.Getpeername != dial {
-				t.Errorf("%+v", r)
-			}
-			if e.stats().Get("splice_redirected") == before {
-				t.Errorf("nothing was spliced")
-			}
-		})
-	}
+	t.Run("IPv6 shortcut between sidecars", func(t *testing.T) {
+		dial := netip.AddrPortFrom(podB6, 9090).String()
+		before := e.stats()
+		var r peer.Roundtrip
+		a.run(t, &r, "stream", "-addr", dial, "-bytes", strconv.Itoa(16<<20), "-halfclose=false")
+		if !r.Intact || r.Getpeername != dial || hostOf(r.ServerSawPeer) != passthrough6.String() {
+			t.Errorf("%+v: want intact, through B's sidecar (from ::6)", r)
+		}
+		after := e.stats()
+		if after.Get("shortcut") != before.Get("shortcut")+1 || after.Get("splice_redirected") == before.Get("splice_redirected") {
+			t.Errorf("counters %v -> %v: want one shortcut, spliced", before, after)
+		}
+	})
+	t.Run("the app's legs are not spliced", func(t *testing.T) {
+		before := e.stats().Get("splice_added")
+		var r peer.Roundtrip
+		a.run(t, &r, "stream", "-addr", server6Addr(), "-bytes", strconv.Itoa(1<<20), "-halfclose=false")
+		if !r.Intact {
+			t.Errorf("%+v", r)
+		}
+		if got := e.stats().Get("splice_added"); got != before {
+			t.Errorf("splice_added went from %d to %d on a flow leaving the mesh: an application socket was spliced", before, got)
+		}
+	})
 
 	t.Run("identical tuples in two pods", func(t *testing.T) {
 		targets := map[*pod6]string{a: server6Addr(), b: netip.AddrPortFrom(serverIP6, 8081).String()}
-		results := map[*pod6]*roundtripResult{}
+		results := map[*pod6]*peer.Roundtrip{}
 		var (
 			wg sync.WaitGroup
 			mu sync.Mutex
@@ -296,7 +313,7 @@ func TestIPv6Splice(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				var r roundtripResult
+				var r peer.Roundtrip
 				p.run(t, &r, "stream", "-addr", target, "-bind", "[::1]:40000", "-pause", "1s", "-bytes", strconv.Itoa(8<<20), "-halfclose=false")
 				mu.Lock()
 				results[p] = &r
@@ -358,7 +375,7 @@ func TestIPv6OutboundPolicy(t *testing.T) {
 			}
 			for addr, wantCaptured := range tc.captured {
 				before := e.stats().Get("captured")
-				var r roundtripResult
+				var r peer.Roundtrip
 				a.run(t, &r, "roundtrip", "-addr", addr, "-bytes", "1024", "-halfclose=false")
 				got := e.stats().Get("captured") > before
 				if !r.Intact || got != wantCaptured || r.Getpeername != addr {

@@ -19,6 +19,7 @@ import (
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/bpfobj"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 // A pod file missing at start: the agent logs it, runs with the pod map as
@@ -56,7 +57,7 @@ func TestPodFileMissingNotReady(t *testing.T) {
 	writeJSON(t, podFile, map[string]any{"pods": []map[string]any{{"name": "test/a", "cgroup": a.cgroup, "ip": podAIP.String()}}})
 	agent.Cmd.Process.Signal(syscall.SIGHUP)
 	agent.WaitReady(t)
-	var r roundtripResult
+	var r peer.Roundtrip
 	a.run(t, &r, "roundtrip", "-addr", serverAddr(), "-bytes", "100")
 	if !r.Intact || len(a.sidecar.WaitLogLines("outbound", 1)) != 1 {
 		t.Errorf("not captured after SIGHUP: %+v", r)
@@ -124,7 +125,7 @@ func TestAgentMetrics(t *testing.T) {
 	agent := testutil.StartAgent(t, bin.sockbridge, "--cgroup", e.cgroup, "--bpffs-dir", e.pinDir, "--pods-file", podFile, "--bpf-stats")
 	agent.WaitReady(t)
 	const conns = 20
-	var r connsResult
+	var r peer.Conns
 	a.run(t, &r, "conns", "-addr", serverAddr(), "-n", fmt.Sprint(conns), "-parallel", "1")
 	if r.OK != conns {
 		t.Fatalf("traffic: %+v", r)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/bpfobj"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 type snapshot struct {
@@ -77,15 +79,27 @@ func readMaps(t *testing.T, pinDir string) snapshot {
 func TestAgentFollowsProbePlan(t *testing.T) {
 	e := newBareEnv(t)
 	a := e.addPod("a", podAIP, podOpts{sidecar: true})
+	b := e.addPod("b", podBIP, podOpts{sidecar: true})
+	testutil.Start(t, testutil.ProcSpec{Netns: b.ns, Cgroup: b.app, Args: []string{bin.sbpeer, "serve", "-listen", "0.0.0.0:9090"}})
+	testutil.WaitListening(t, b.ns, 9090)
 	podFile := filepath.Join(e.dir, "pods.json")
-	writeJSON(t, podFile, map[string]any{"pods": []map[string]any{{"name": "test/a", "cgroup": a.cgroup, "ip": podAIP.String()}}})
+	writeJSON(t, podFile, map[string]any{"pods": []map[string]any{
+		{"name": "test/a", "cgroup": a.cgroup, "ip": podAIP.String()},
+		{"name": "test/b", "cgroup": b.cgroup, "ip": podBIP.String()},
+	}})
 	args := func(extra ...string) []string {
 		return append([]string{bin.sockbridge, "agent", "--cgroup", e.cgroup, "--bpffs-dir", e.pinDir, "--pods-file", podFile}, extra...)
 	}
-	// A connection held open while the maps are read: a spliced flow has
-	// two sockets in the sockhash while it lives.
-	holdOpen := func() *testutil.Proc {
-		h := testutil.Start(t, testutil.ProcSpec{Netns: a.ns, Cgroup: a.app, Args: []string{bin.sbpeer, "hold", "-addr", serverAddr(), "-for", "30s"}})
+	// A connection held open while the maps are read, to the server
+	// outside the mesh (to addr, if given): app and sidecar sockets carry
+	// state, none is spliced. To pod B on the same node, the sidecar to
+	// sidecar leg is spliced: two sockets in the sockhash while it lives.
+	holdOpen := func(addr ...string) *testutil.Proc {
+		to := serverAddr()
+		if len(addr) > 0 {
+			to = addr[0]
+		}
+		h := testutil.Start(t, testutil.ProcSpec{Netns: a.ns, Cgroup: a.app, Args: []string{bin.sbpeer, "hold", "-addr", to, "-for", "30s"}})
 		if !h.WaitOutput("connected", 5*time.Second) {
 			t.Fatalf("hold: %s", h.Output())
 		}
@@ -100,7 +114,7 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 		if !strings.Contains(agent.Output(), "splice: off because sk_msg") {
 			t.Errorf("agent log does not give the plan:\n%s", agent.Output())
 		}
-		var r roundtripResult
+		var r peer.Roundtrip
 		a.run(t, &r, "roundtrip", "-addr", serverAddr(), "-bytes", "100000")
 		if !r.Intact || len(a.sidecar.WaitLogLines("outbound", 1)) != 1 {
 			t.Fatalf("not captured: %+v\n%s", r, a.sidecar.Output())
@@ -138,7 +152,7 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 			t.Fatal(err)
 		}
 		s = readMaps(t, e.pinDir)
-		if len(s.Pods) != 1 || s.Stats.Get("captured") == 0 {
+		if len(s.Pods) != 2 || s.Stats.Get("captured") == 0 {
 			t.Errorf("maps with sb_tuples unpinned lost the other parts: %+v", s)
 		}
 		if !strings.Contains(s.Unavailable["map sb_tuples"], "not pinned") || s.Unavailable["in_flight_handshakes"] == "" || len(s.Unavailable) != 2 {
@@ -180,8 +194,14 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 			h := holdOpen()
 			s := readMaps(t, e.pinDir)
 			h.Stop()
+			if s.Spliced != 0 {
+				t.Errorf("application sockets in the sockhash: %+v", s)
+			}
+			h = holdOpen(netip.AddrPortFrom(podBIP, 9090).String())
+			s = readMaps(t, e.pinDir)
+			h.Stop()
 			if s.Spliced != 2 || s.Stats.Get("splice_added") < 2 {
-				t.Errorf("want the open flow's two sockets in the sockhash: %+v", s)
+				t.Errorf("want the two sidecars' sockets of the flow to pod B in the sockhash: %+v", s)
 			}
 			progs := processPrograms(t, agent.Cmd.Process.Pid)
 			if !slices.Contains(s.Maps, "sb_sockhash") || !slices.Contains(progs, "skmsg_splice") || !slices.Contains(progs, "sockops_full") || slices.Contains(progs, "sockops_listen") {

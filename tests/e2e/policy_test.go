@@ -8,6 +8,7 @@ import (
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
 	"github.com/sockbridge/sockbridge/pkg/policy"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 func prefixes(s ...string) []netip.Prefix {
@@ -64,7 +65,7 @@ func TestOutboundPolicy(t *testing.T) {
 				// the connection; the sidecar's log, which reaches the
 				// test a little later, that it really went through it.
 				before, capturedBefore := len(a.sidecar.LogLines("outbound")), e.stats().Get("captured")
-				var r roundtripResult
+				var r peer.Roundtrip
 				a.run(t, &r, "roundtrip", "-addr", addr, "-bytes", "1024")
 				got := e.stats().Get("captured") > capturedBefore
 				if !r.Intact || got != wantCaptured {
@@ -131,7 +132,7 @@ func TestInboundPolicyShortcut(t *testing.T) {
 			}
 			for addr, wantVia := range tc.via {
 				before, shortcutBefore := len(b.sidecar.LogLines("inbound")), e.stats().Get("shortcut")
-				var r roundtripResult
+				var r peer.Roundtrip
 				a.run(t, &r, "roundtrip", "-addr", addr, "-bytes", "1024")
 				via := e.stats().Get("shortcut") > shortcutBefore
 				want := before

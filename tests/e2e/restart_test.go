@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 // restartConns is the number of sequential connections the client makes
@@ -43,7 +44,7 @@ func TestRestartUnderLoad(t *testing.T) {
 	// Kill when the sidecar has seen a quarter, a half, three quarters.
 	_, agents := testutil.RestartsUnderLoad(t, agent, start, client, a.sidecar, restartConns/4, restartConns/2, 3*restartConns/4)
 	client.Wait()
-	var r connsResult
+	var r peer.Conns
 	if err := json.Unmarshal([]byte(client.Output()), &r); err != nil {
 		t.Fatalf("client output %q: %v", client.Output(), err)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 // Pod A's app dials pod B's IP:port. A's sidecar forwards it (uid 1337); its
@@ -21,7 +22,7 @@ func TestSameNodeShortcutAndPassthrough(t *testing.T) {
 	testutil.WaitListening(t, b.ns, 9090)
 	bAddr := netip.AddrPortFrom(podBIP, 9090).String()
 
-	var r roundtripResult
+	var r peer.Roundtrip
 	a.run(t, &r, "roundtrip", "-addr", bAddr, "-bytes", fmt.Sprint(1<<20))
 	if !r.Intact {
 		t.Fatalf("1 MiB did not round-trip intact: %+v", r)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 // connsUnderTest is 100,000 unless SOCKBRIDGE_TEST_CONNS says otherwise.
@@ -30,7 +31,7 @@ func TestBoundedStateNoConntrack(t *testing.T) {
 	n := connsUnderTest(t)
 
 	watch := testutil.WatchConntrack(t, a.ns)
-	var r connsResult
+	var r peer.Conns
 	start := time.Now()
 	a.run(t, &r, "conns", "-addr", serverAddr(), "-n", strconv.Itoa(n), "-parallel", "8")
 	created := watch.Stop()

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 // Benchmark modes: a sink server, a request/response client for the echo
@@ -52,18 +54,6 @@ func drain(c net.Conn) {
 	fmt.Fprintf(c, "bytes=%d crc32c=%08x\n", n, h.Sum32())
 }
 
-type reqrespResult struct {
-	Requests  int     `json:"requests"`
-	Size      int     `json:"size"`
-	Seconds   float64 `json:"seconds"`
-	PerSec    float64 `json:"per_second"`
-	P50Us     float64 `json:"p50_us"`
-	P99Us     float64 `json:"p99_us"`
-	Intact    bool    `json:"intact"`
-	FirstErr  string  `json:"first_error,omitempty"`
-	ServerSaw string  `json:"server_saw_peer"`
-}
-
 // reqresp sends one request of -size bytes at a time over one connection to
 // the echo server and waits for the whole echo: ping-pong latency and
 // requests per second.
@@ -87,7 +77,7 @@ func reqresp(args []string) error {
 	if err != nil {
 		return err
 	}
-	res := reqrespResult{Size: *size, Intact: true}
+	res := peer.ReqResp{Size: *size, Intact: true}
 	res.ServerSaw, _ = parseHello(line)
 	lat, secs, err := pingpong(c, *size, *limit, *dur)
 	if err != nil {
@@ -138,15 +128,6 @@ func percentileUs(d []time.Duration, p int) float64 {
 	return float64(d[i]) / 1e3
 }
 
-type bulkResult struct {
-	Bytes     int64   `json:"bytes"`
-	Seconds   float64 `json:"seconds"`
-	MBPerSec  float64 `json:"mb_per_second"`
-	Intact    bool    `json:"intact"`
-	Server    string  `json:"server_result"`
-	ServerSaw string  `json:"server_saw_peer"`
-}
-
 // bulk uploads -bytes to the sink, half-closes and compares the sink's
 // byte count and CRC-32C with its own. Throughput counts from the first
 // write to the sink's answer, in MB (10^6 bytes) per second.
@@ -166,7 +147,7 @@ func bulk(args []string) error {
 	if err != nil {
 		return err
 	}
-	res := bulkResult{Bytes: *size}
+	res := peer.Bulk{Bytes: *size}
 	res.ServerSaw, _ = parseHello(line)
 	start := time.Now()
 	sum, err := upload(c, *size)

@@ -28,11 +28,13 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: sbpeer serve|roundtrip|conns|sockopts|hold [flags]")
+		fmt.Fprintln(os.Stderr, "usage: sbpeer serve|roundtrip|conns|sockopts|hold|stream|reset|gosidecar|mserve|mclient|sink|reqresp|bulk [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -53,6 +55,10 @@ func main() {
 		err = reset(os.Args[2:])
 	case "gosidecar":
 		err = gosidecar(os.Args[2:])
+	case "mserve":
+		err = mserve(os.Args[2:])
+	case "mclient":
+		err = mclient(os.Args[2:])
 	case "sink", "reqresp", "bulk": // benchmark modes, bench.go
 		err = benchMode(os.Args[1], os.Args[2:])
 	case "resolve": // DNS modes, dns.go
@@ -62,7 +68,7 @@ func main() {
 	case "dnsload":
 		err = dnsload(os.Args[2:])
 	default:
-		err = fmt.Errorf("unknown mode %q (valid: serve, roundtrip, conns, sockopts, hold)", os.Args[1])
+		err = fmt.Errorf("unknown mode %q (valid: serve, roundtrip, conns, sockopts, hold, stream, reset, gosidecar, mserve, mclient, sink, reqresp, bulk)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sbpeer:", err)
@@ -180,26 +186,16 @@ func readLine(c net.Conn, what string) (string, error) {
 	}
 }
 
-func parseHello(line string) (peer, local string) {
+func parseHello(line string) (remote, local string) {
 	for _, f := range strings.Fields(line) {
 		if v, ok := strings.CutPrefix(f, "peer="); ok {
-			peer = v
+			remote = v
 		}
 		if v, ok := strings.CutPrefix(f, "local="); ok {
 			local = v
 		}
 	}
 	return
-}
-
-type roundtripResult struct {
-	ServerSawPeer  string  `json:"server_saw_peer"`
-	ServerLocal    string  `json:"server_local"`
-	Getpeername    string  `json:"getpeername"`
-	Getsockname    string  `json:"getsockname"`
-	Bytes          int     `json:"bytes"`
-	Intact         bool    `json:"intact"`
-	ElapsedSeconds float64 `json:"elapsed_seconds"`
 }
 
 // roundtrip sends random bytes and checks the echo is identical.
@@ -220,7 +216,7 @@ func roundtrip(args []string) error {
 	if err != nil {
 		return err
 	}
-	res := roundtripResult{Getpeername: peerName(c), Getsockname: sockName(c), Bytes: *size}
+	res := peer.Roundtrip{Getpeername: peerName(c), Getsockname: sockName(c), Bytes: *size}
 	res.ServerSawPeer, res.ServerLocal = parseHello(line)
 
 	payload := make([]byte, *size)
@@ -260,18 +256,6 @@ func roundtrip(args []string) error {
 	res.Intact = got == *size && bytes.Equal(h.Sum(nil), want[:])
 	res.ElapsedSeconds = time.Since(start).Seconds()
 	return emit(res)
-}
-
-type connsResult struct {
-	OK       int64  `json:"ok"`
-	Failed   int64  `json:"failed"`
-	FirstErr string `json:"first_error,omitempty"`
-	// Errors lists the failed connections by number (1-based), at most 20.
-	Errors  []string `json:"errors,omitempty"`
-	Seconds float64  `json:"seconds"`
-	PerSec  float64  `json:"per_second"`
-	P50Ms   float64  `json:"connect_p50_ms"`
-	P99Ms   float64  `json:"connect_p99_ms"`
 }
 
 // conns opens n connections, P at a time: connect, read the hello, echo one
@@ -320,7 +304,7 @@ func conns(args []string) error {
 	}
 	wg.Wait()
 	secs := time.Since(start).Seconds()
-	res := connsResult{OK: ok.Load(), Failed: failed.Load(), Errors: errs, Seconds: secs, PerSec: float64(ok.Load()) / secs}
+	res := peer.Conns{OK: ok.Load(), Failed: failed.Load(), Errors: errs, Seconds: secs, PerSec: float64(ok.Load()) / secs}
 	if v, _ := firstErr.Load().(string); v != "" {
 		res.FirstErr = v
 	}
@@ -374,19 +358,6 @@ func hold(args []string) error {
 	return nil
 }
 
-// optResult is the outcome of one getsockopt call.
-type optResult struct {
-	Errno  string `json:"errno"`
-	Len    int    `json:"len"`
-	Value  string `json:"value,omitempty"`
-	BufLen int    `json:"buf_len"`
-}
-
-type sockoptsResult struct {
-	Getpeername string               `json:"getpeername"`
-	Opts        map[string]optResult `json:"opts"`
-}
-
 // sockopts connects and reports getpeername and a set of getsockopt calls,
 // including ones with a 64 KiB buffer, for comparison with and without the
 // datapath.
@@ -406,7 +377,7 @@ func sockopts(args []string) error {
 	if err != nil {
 		return err
 	}
-	res := sockoptsResult{Getpeername: peerName(c), Opts: map[string]optResult{}}
+	res := peer.Sockopts{Getpeername: peerName(c), Opts: map[string]peer.Opt{}}
 	calls := []struct {
 		name       string
 		level, opt int
@@ -430,7 +401,7 @@ func sockopts(args []string) error {
 			_, _, errno = unix.Syscall6(unix.SYS_GETSOCKOPT, fd, uintptr(call.level), uintptr(call.opt),
 				uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&l)), 0)
 		})
-		r := optResult{Errno: errnoName(errno), Len: int(l), BufLen: call.bufLen}
+		r := peer.Opt{Errno: errnoName(errno), Len: int(l), BufLen: call.bufLen}
 		if errno == 0 && call.keepValue {
 			r.Value = fmt.Sprintf("%x", buf[:min(int(l), len(buf))])
 		}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
 // stream is roundtrip with knobs for the splicing tests: a fixed source
@@ -41,7 +43,7 @@ func stream(args []string) error {
 	if err != nil {
 		return err
 	}
-	res := roundtripResult{Getpeername: peerName(c), Getsockname: sockName(c), Bytes: *size}
+	res := peer.Roundtrip{Getpeername: peerName(c), Getsockname: sockName(c), Bytes: *size}
 	res.ServerSawPeer, res.ServerLocal = parseHello(line)
 	time.Sleep(*pause)
 
@@ -82,12 +84,6 @@ func stream(args []string) error {
 	return emit(res)
 }
 
-type resetResult struct {
-	Error   string  `json:"error"`
-	Sent    int64   `json:"sent"`
-	Seconds float64 `json:"seconds"`
-}
-
 // reset streams to the server until the connection fails (the test resets
 // or kills the other side) and reports how it ended. With -abort it instead
 // resets the connection itself (SO_LINGER 0) after -bytes.
@@ -118,7 +114,7 @@ func reset(args []string) error {
 	}()
 	buf := make([]byte, 64<<10)
 	var sent int64
-	res := resetResult{}
+	res := peer.Reset{}
 	for {
 		if *abort && sent >= *size {
 			tc.SetLinger(0)
