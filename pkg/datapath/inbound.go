@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -211,4 +212,124 @@ func isHostNetns(ns *sockdiag.Netns) (bool, error) {
 		return false, fmt.Errorf("stat the agent's own netns: %w", err)
 	}
 	return st.Ino == ns.Inode && st.Dev == ns.Dev, nil
+}
+
+// SeedListeners puts the inbound listeners a pod's sidecar opened before
+// sockops was attached (the agent installed on a node whose pods already
+// run, or a fresh sb_listeners after a layout change) into sb_listeners:
+// sockops records a listener only at its listen(2). The listening sockets
+// on the inbound port in the pod's network namespace (netnsPath) are found
+// with sock_diag, the process holding each among pids (the pod's
+// processes) through /proc/PID/fd, and a copy of its descriptor is taken
+// with pidfd_getfd to update the sockhash; the copy is closed at once, so
+// the socket still lives and dies with the sidecar. A family that already
+// has a listener recorded is left alone. It returns how many it added.
+//
+// Kernel: pidfd_open 5.3, pidfd_getfd 5.6; CAP_SYS_PTRACE over the
+// sidecar's process.
+func (dp *Datapath) SeedListeners(cgroupID uint64, netnsPath string, pids []int) (int, error) {
+	if dp.maps.SbListeners == nil {
+		return 0, nil // inbound capture off
+	}
+	ns, err := sockdiag.OpenNetns(netnsPath)
+	if err != nil {
+		return 0, fmt.Errorf("seed listeners of pod %d: %w", cgroupID, err)
+	}
+	defer ns.Close()
+	cookie, err := sockdiag.NetnsCookie(ns.FD())
+	if err != nil {
+		return 0, fmt.Errorf("seed listeners of pod %d: %w", cgroupID, err)
+	}
+	socks, err := sockdiag.Dump(ns.FD(), nil, sockdiag.Options{IncludeWithoutStorage: true})
+	if err != nil {
+		return 0, fmt.Errorf("seed listeners of pod %d: %w", cgroupID, err)
+	}
+	want := map[uint32]uint64{} // family (4 or 6) -> socket inode
+	for _, s := range socks {
+		if s.State != sockdiag.StateListen || s.Local.Port() != dp.cfg.InboundPort || s.Inode == 0 {
+			continue
+		}
+		family := uint32(4)
+		if s.Family == sockdiag.IPv6 {
+			family = 6
+		}
+		var have uint64
+		if err := dp.maps.SbListeners.Lookup(datapathSbListenerKey{Netns: cookie, Family: family}, &have); err == nil {
+			continue
+		}
+		if _, ok := want[family]; !ok {
+			want[family] = s.Inode
+		}
+	}
+	added := 0
+	var errs []error
+	for family, ino := range want {
+		fd, err := stealSocket(pids, ino)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listener socket:[%d]: %w", ino, err))
+			continue
+		}
+		err = dp.maps.SbListeners.Update(datapathSbListenerKey{Netns: cookie, Family: family}, uint64(fd), ebpf.UpdateNoExist)
+		unix.Close(fd)
+		if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			errs = append(errs, fmt.Errorf("record listener socket:[%d]: %w", ino, err))
+			continue
+		}
+		added++
+	}
+	if err := errors.Join(errs...); err != nil {
+		return added, fmt.Errorf("seed listeners of pod %d: %w", cgroupID, err)
+	}
+	return added, nil
+}
+
+// stealSocket returns a copy, in this process, of the descriptor one of
+// pids holds for the socket with inode ino.
+func stealSocket(pids []int, ino uint64) (int, error) {
+	target := fmt.Sprintf("socket:[%d]", ino)
+	for _, pid := range pids {
+		dir := fmt.Sprintf("/proc/%d/fd", pid)
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			continue // exited, or not ours to read
+		}
+		for _, e := range entries {
+			if l, err := os.Readlink(filepath.Join(dir, e.Name())); err != nil || l != target {
+				continue
+			}
+			n, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			pidfd, err := unix.PidfdOpen(pid, 0)
+			if err != nil {
+				return -1, fmt.Errorf("pidfd_open %d: %w", pid, err)
+			}
+			fd, err := unix.PidfdGetfd(pidfd, n, 0)
+			unix.Close(pidfd)
+			if err != nil {
+				return -1, fmt.Errorf("pidfd_getfd %d/%d (Linux 5.6, CAP_SYS_PTRACE): %w", pid, n, err)
+			}
+			return fd, nil
+		}
+	}
+	return -1, fmt.Errorf("no process of the pod holds it")
+}
+
+// ListenerRecorded says whether sb_listeners holds a listener, of either
+// family, for the namespace the pod's inbound capture is attached to.
+func (dp *Datapath) ListenerRecorded(cgroupID uint64) bool {
+	if dp.maps.SbListeners == nil || dp.maps.SbPodNetns == nil {
+		return true // nothing to record
+	}
+	var cookie, v uint64
+	if err := dp.maps.SbPodNetns.Lookup(cgroupID, &cookie); err != nil {
+		return false
+	}
+	for _, family := range []uint32{4, 6} {
+		if err := dp.maps.SbListeners.Lookup(datapathSbListenerKey{Netns: cookie, Family: family}, &v); err == nil {
+			return true
+		}
+	}
+	return false
 }

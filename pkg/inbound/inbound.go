@@ -37,6 +37,11 @@ type Attacher interface {
 	// InboundAttached maps each pod with inbound capture to its
 	// namespace's inode (0 once the namespace is gone).
 	InboundAttached() map[uint64]uint64
+	// ListenerRecorded says whether the pod's sidecar listener is known
+	// to sk_lookup; SeedListeners records the ones that listened before
+	// the datapath watched (pids are the pod's processes).
+	ListenerRecorded(cgroupID uint64) bool
+	SeedListeners(cgroupID uint64, netnsPath string, pids []int) (int, error)
 }
 
 // Wants says whether a pod wants inbound capture. Its cgroup path must be
@@ -50,11 +55,16 @@ type Reconciler struct {
 	dp       Attacher
 	log      logrus.FieldLogger
 	find     func(cgroupPath string) (podnetns.Namespace, error)
+	pids     func(cgroupPath string) ([]int, error)
 	interval time.Duration
 
 	mu     sync.Mutex
 	want   map[uint64]string // pod cgroup id -> pod cgroup path
 	logged map[uint64]string // last error logged per pod
+	// done holds, per pod, the namespace inode whose capture is attached
+	// and whose pre-existing listeners are recorded: such a pod costs a
+	// pass nothing until its link's namespace goes.
+	done map[uint64]uint64
 	synced bool              // the wanted set is complete (after Set)
 	kick   chan struct{}
 }
@@ -64,8 +74,8 @@ type Reconciler struct {
 // link while it learns its pods.
 func New(dp Attacher, log logrus.FieldLogger) *Reconciler {
 	return &Reconciler{
-		dp: dp, log: log, find: podnetns.Find, interval: DefaultInterval,
-		want: map[uint64]string{}, logged: map[uint64]string{}, kick: make(chan struct{}, 1),
+		dp: dp, log: log, find: podnetns.Find, pids: podnetns.PIDs, interval: DefaultInterval,
+		want: map[uint64]string{}, logged: map[uint64]string{}, done: map[uint64]uint64{}, kick: make(chan struct{}, 1),
 	}
 }
 
@@ -99,6 +109,7 @@ func (r *Reconciler) Upsert(p policy.Pod) {
 func (r *Reconciler) Delete(cgroupID uint64) {
 	r.mu.Lock()
 	delete(r.want, cgroupID)
+	delete(r.done, cgroupID)
 	r.mu.Unlock()
 	r.poke()
 }
@@ -140,6 +151,9 @@ func (r *Reconciler) Reconcile() {
 
 	attached := r.dp.InboundAttached()
 	for id, path := range want {
+		if ino, ok := attached[id]; ok && ino != 0 && r.doneFor(id) == ino {
+			continue
+		}
 		ns, err := r.find(path)
 		if err != nil {
 			if !errors.Is(err, podnetns.ErrNoProcess) {
@@ -147,16 +161,34 @@ func (r *Reconciler) Reconcile() {
 			}
 			continue
 		}
-		if ino, ok := attached[id]; ok && ino == ns.Inode {
-			r.clear(id)
-			continue
+		if ino, ok := attached[id]; !ok || ino != ns.Inode {
+			if err := r.dp.AttachInbound(id, ns.Path); err != nil {
+				r.logOnce(id, err, "attach inbound capture; retrying")
+				continue
+			}
+			r.log.WithField("cgroup_id", id).WithField("netns", ns.Inode).Debug("inbound capture attached")
 		}
-		if err := r.dp.AttachInbound(id, ns.Path); err != nil {
-			r.logOnce(id, err, "attach inbound capture; retrying")
-			continue
+		if !r.dp.ListenerRecorded(id) {
+			// The sidecar listened before sockops could see it (the
+			// agent came after the pod), or does not listen yet (then
+			// sockops records it when it does).
+			pids, err := r.pids(path)
+			if err == nil {
+				var n int
+				n, err = r.dp.SeedListeners(id, ns.Path, pids)
+				if n > 0 {
+					r.log.WithField("cgroup_id", id).WithField("listeners", n).Debug("recorded the sidecar's existing inbound listeners")
+				}
+			}
+			if err != nil {
+				r.logOnce(id, err, "record the sidecar's inbound listener; retrying")
+				continue
+			}
 		}
 		r.clear(id)
-		r.log.WithField("cgroup_id", id).WithField("netns", ns.Inode).Debug("inbound capture attached")
+		r.mu.Lock()
+		r.done[id] = ns.Inode
+		r.mu.Unlock()
 	}
 	if !synced {
 		return
@@ -169,8 +201,17 @@ func (r *Reconciler) Reconcile() {
 			r.logOnce(id, err, "detach inbound capture; retrying")
 			continue
 		}
+		r.mu.Lock()
+		delete(r.done, id)
+		r.mu.Unlock()
 		r.log.WithField("cgroup_id", id).Debug("inbound capture detached")
 	}
+}
+
+func (r *Reconciler) doneFor(id uint64) uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.done[id]
 }
 
 func (r *Reconciler) logOnce(id uint64, err error, msg string) {

@@ -136,3 +136,32 @@ func inode(path string) (uint64, error) {
 	}
 	return st.Ino, nil
 }
+
+// PIDs lists the processes in the pod cgroup at cgroupPath and below it.
+// Cgroups removed meanwhile are skipped.
+func PIDs(cgroupPath string) ([]int, error) {
+	var pids []int
+	queue := []string{cgroupPath}
+	for len(queue) > 0 {
+		dir := queue[0]
+		queue = queue[1:]
+		p, err := readPIDs(filepath.Join(dir, "cgroup.procs"))
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) && dir != cgroupPath {
+				continue
+			}
+			return nil, fmt.Errorf("pod cgroup %s: %w", dir, err)
+		}
+		pids = append(pids, p...)
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			if e.IsDir() {
+				queue = append(queue, filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+	return pids, nil
+}

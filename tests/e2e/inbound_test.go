@@ -448,3 +448,35 @@ func decodeLastJSON(out string, v any) error {
 	}
 	return fmt.Errorf("no JSON object in the output")
 }
+
+// An agent installed on a node whose pods already run: their sidecars
+// listened before sockops was attached, so sockops never saw the listen;
+// the agent finds those listeners and records them, and inbound capture
+// works for the running pods from the start.
+func TestInboundSidecarListeningBeforeAgent(t *testing.T) {
+	e := newBareEnv(t)
+	b := e.addPod("b", podBIP, podOpts{sidecar: true})
+	app := e.startApp(b, appPort)
+	appAddr := netip.AddrPortFrom(podBIP, appPort).String()
+	remote := e.net.AddHost("remote", netip.MustParseAddr("10.250.0.20"))
+	podFile := filepath.Join(e.dir, "pods.json")
+	writeJSON(t, podFile, map[string]any{"pods": []map[string]any{{"name": "test/b", "cgroup": b.cgroup, "ip": podBIP.String()}}})
+	agent := testutil.Start(t, testutil.ProcSpec{Args: []string{bin.sockbridge, "agent", "--log-level", "debug", "--cgroup", e.cgroup, "--bpffs-dir", e.pinDir, "--pods-file", podFile}})
+	if !agent.WaitOutput("recorded the sidecar's existing inbound listeners", agentStartTimeout) {
+		t.Fatalf("the agent did not record the sidecar's listener:\n%s", agent.Output())
+	}
+	var r peer.Roundtrip
+	runIn(t, testutil.ProcSpec{Netns: remote}, &r, "roundtrip", "-addr", appAddr, "-bytes", "65536")
+	if !r.Intact || hostOf(r.ServerSawPeer) != "127.0.0.6" {
+		t.Errorf("%+v: want the connection through the sidecar (from 127.0.0.6)", r)
+	}
+	if in := b.sidecar.WaitLogLines("inbound", 1); len(in) != 1 || !strings.Contains(in[0], "orig_dst="+appAddr) {
+		t.Errorf("the sidecar's inbound log %q, want one connection to %s", in, appAddr)
+	}
+	for _, p := range accepted(app) {
+		if hostOf(p) != "127.0.0.6" {
+			t.Errorf("the app accepted a connection from %s, past its sidecar", p)
+		}
+	}
+	stopAgent(t, agent)
+}
