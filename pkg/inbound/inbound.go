@@ -64,8 +64,8 @@ type Reconciler struct {
 	// done holds, per pod, the namespace inode whose capture is attached
 	// and whose pre-existing listeners are recorded: such a pod costs a
 	// pass nothing until its link's namespace goes.
-	done map[uint64]uint64
-	synced bool              // the wanted set is complete (after Set)
+	done   map[uint64]uint64
+	synced bool // the wanted set is complete (after Set)
 	kick   chan struct{}
 }
 
