@@ -7,12 +7,13 @@
 // A pod wants inbound capture when it is captured and its inbound policy
 // takes some port (includeInboundPorts "*" or a list). The pod's namespace
 // exists once its sandbox runs, before any app container starts; the
-// reconciler looks for it at every pod change and every Interval until it
-// is there, so the window between the sandbox and the attach is at most one
-// interval (default 50 ms), and the sandbox's app containers start well
-// after it (image, init containers). Once attached, a link is checked at
-// every pass: a link whose namespace is gone (the sandbox was recreated) is
-// attached again to the new one.
+// reconciler looks for it at every pod change and every interval (50 ms)
+// until it is there. The datapath's bind guard keeps an app from listening
+// on a captured port until then, so there is no window. A sidecar that
+// listened before the agent watched (an agent installed on a running node)
+// is recorded from its existing socket (datapath.SeedListeners). Once a
+// pod is done it costs a pass nothing; a link whose namespace is gone (the
+// sandbox was recreated) is attached again to the new one.
 package inbound
 
 import (
