@@ -4,7 +4,10 @@
 // (tests/e2e/coexist_test.go) attaches it above and below sockbridge.
 package coexist
 
-// bpf2go output is committed, like the datapath's; `make generate` reruns
-// this line and CI fails when it is stale.
+// The object is compiled with bpf2go's flags, committed and embedded, like
+// the probe's. It has no generated Go bindings (they would be a near-twin of
+// the datapath's): its names are the constants in lb.go, which
+// TestObjectNames checks against the object. `make generate` reruns this
+// line and CI fails when the committed object is stale.
 
-//go:generate go tool bpf2go -target bpfel -type lb_stat lb bpf/lb.c -- -I../../bpf/include -I/usr/include/x86_64-linux-gnu -O2 -g -Wall -Werror
+//go:generate ../../scripts/bpf-compile.sh bpf/lb.c lb_bpfel.o -I../../bpf/include -I/usr/include/x86_64-linux-gnu -Wall -Werror
