@@ -29,12 +29,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "remove memlock rlimit:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
-	if leaks := testutil.Leaks(); len(leaks) > 0 {
-		fmt.Fprintf(os.Stderr, "probe tests left behind: %s\n", strings.Join(leaks, ", "))
-		code = 1
-	}
-	os.Exit(code)
+	testutil.Main(m, "probe")
 }
 
 // parentCgroup is a test-owned cgroup for the probe's temporary cgroups, so

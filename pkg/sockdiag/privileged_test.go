@@ -551,10 +551,5 @@ func TestMain(m *testing.M) {
 		unprivilegedHelper()
 		os.Exit(0)
 	}
-	code := m.Run()
-	if leaks := testutil.Leaks(); len(leaks) > 0 {
-		fmt.Fprintf(os.Stderr, "left behind: %v\n", leaks)
-		code = 1
-	}
-	os.Exit(code)
+	testutil.Main(m, "sockdiag")
 }

@@ -1,21 +1,13 @@
 package main
 
 import (
-	"fmt"
-	"os"
-	"strings"
 	"testing"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
-	code := m.Run()
-	if leaks := testutil.Leaks(); len(leaks) > 0 {
-		fmt.Fprintf(os.Stderr, "bench tests left behind: %s\n", strings.Join(leaks, ", "))
-		code = 1
-	}
-	os.Exit(code)
+	testutil.Main(m, "bench")
 }
 
 // TestBenchSmoke runs the benchmark's smoke mode: one tiny round of every

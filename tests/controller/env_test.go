@@ -13,8 +13,6 @@ import (
 	"maps"
 	"math"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -38,26 +36,7 @@ import (
 var bin struct{ sbpeer, sockbridge string }
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "sockbridge-controller-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin.sbpeer = filepath.Join(dir, "sbpeer")
-	bin.sockbridge = filepath.Join(dir, "sockbridge")
-	for out, pkg := range map[string]string{bin.sbpeer: "../sbpeer", bin.sockbridge: "../../cmd/sockbridge"} {
-		if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, b)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	if leaks := testutil.Leaks(); len(leaks) > 0 {
-		fmt.Fprintf(os.Stderr, "controller tests left behind: %s\n", strings.Join(leaks, ", "))
-		code = 1
-	}
-	os.Exit(code)
+	testutil.MainWithBinaries(m, "controller", map[string]*string{"../sbpeer": &bin.sbpeer, "../../cmd/sockbridge": &bin.sockbridge})
 }
 
 const (

@@ -7,7 +7,6 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
@@ -303,36 +302,7 @@ func TestIPv6Splice(t *testing.T) {
 	})
 
 	t.Run("identical tuples in two pods", func(t *testing.T) {
-		targets := map[*pod6]string{a: server6Addr(), b: netip.AddrPortFrom(serverIP6, 8081).String()}
-		results := map[*pod6]*peer.Roundtrip{}
-		var (
-			wg sync.WaitGroup
-			mu sync.Mutex
-		)
-		for p, target := range targets {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var r peer.Roundtrip
-				p.run(t, &r, "stream", "-addr", target, "-bind", "[::1]:40000", "-pause", "1s", "-bytes", strconv.Itoa(8<<20), "-halfclose=false")
-				mu.Lock()
-				results[p] = &r
-				mu.Unlock()
-			}()
-		}
-		wg.Wait()
-		for p, target := range targets {
-			r := results[p]
-			if r == nil {
-				t.Fatalf("pod %s: no result", p.name)
-			}
-			if r.Getsockname != "[::1]:40000" {
-				t.Errorf("pod %s: source %s, want [::1]:40000 (identical tuples in both pods)", p.name, r.Getsockname)
-			}
-			if !r.Intact || r.ServerLocal != target || r.Getpeername != target {
-				t.Errorf("pod %s: intact=%v reached %s (getpeername %s), want %s", p.name, r.Intact, r.ServerLocal, r.Getpeername, target)
-			}
-		}
+		sameTupleStreams(t, map[*pod]string{a.pod: server6Addr(), b.pod: netip.AddrPortFrom(serverIP6, 8081).String()}, "[::1]:40000", "-halfclose=false")
 	})
 	if s := e.stats(); s.Get("splice_add_failed") != 0 {
 		t.Errorf("splice_add_failed = %d", s.Get("splice_add_failed"))

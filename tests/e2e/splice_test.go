@@ -153,7 +153,18 @@ func TestSpliceNoCrossPodCollision(t *testing.T) {
 	testutil.Start(t, testutil.ProcSpec{Netns: e.server, Args: []string{bin.sbpeer, "serve", "-listen", "0.0.0.0:8081"}})
 	testutil.WaitListening(t, e.server, 8081)
 
-	targets := map[*pod]string{a: serverAddr(), b: netip.AddrPortFrom(serverIP, 8081).String()}
+	sameTupleStreams(t, map[*pod]string{a: serverAddr(), b: netip.AddrPortFrom(serverIP, 8081).String()}, "127.0.0.1:40000")
+	if s := e.stats(); s.Get("splice_added") != 0 {
+		t.Errorf("application sockets entered the sockhash: %v", s)
+	}
+	waitNoFlows(t, e)
+}
+
+// sameTupleStreams streams 8 MiB from each pod to its target at the same
+// moment, every client bound to the same address and port, and checks that
+// each pod's bytes arrive intact at its own original destination.
+func sameTupleStreams(t *testing.T, targets map[*pod]string, bind string, extra ...string) {
+	t.Helper()
 	results := map[*pod]*peer.Roundtrip{}
 	var (
 		wg sync.WaitGroup
@@ -164,7 +175,8 @@ func TestSpliceNoCrossPodCollision(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			var r peer.Roundtrip
-			p.run(t, &r, "stream", "-addr", target, "-bind", "127.0.0.1:40000", "-pause", "1s", "-bytes", strconv.Itoa(8<<20))
+			args := append([]string{"stream", "-addr", target, "-bind", bind, "-pause", "1s", "-bytes", strconv.Itoa(8 << 20)}, extra...)
+			p.run(t, &r, args...)
 			mu.Lock()
 			results[p] = &r
 			mu.Unlock()
@@ -176,8 +188,8 @@ func TestSpliceNoCrossPodCollision(t *testing.T) {
 		if r == nil {
 			t.Fatalf("pod %s: no result", p.name)
 		}
-		if r.Getsockname != "127.0.0.1:40000" {
-			t.Errorf("pod %s: source %s, want 127.0.0.1:40000 (identical tuples in both pods)", p.name, r.Getsockname)
+		if r.Getsockname != bind {
+			t.Errorf("pod %s: source %s, want %s (identical tuples in both pods)", p.name, r.Getsockname, bind)
 		}
 		if !r.Intact {
 			t.Errorf("pod %s: 8 MiB not intact: %+v", p.name, r)
@@ -186,10 +198,6 @@ func TestSpliceNoCrossPodCollision(t *testing.T) {
 			t.Errorf("pod %s: reached %s (getpeername %s), want %s", p.name, r.ServerLocal, r.Getpeername, target)
 		}
 	}
-	if s := e.stats(); s.Get("splice_added") != 0 {
-		t.Errorf("application sockets entered the sockhash: %v", s)
-	}
-	waitNoFlows(t, e)
 }
 
 // A sidecar that copies with splice(2) (Go's io.Copy between TCP conns)
