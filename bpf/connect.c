@@ -303,6 +303,7 @@ static __always_inline int restore_peer(struct bpf_sock_addr *ctx, const bool v6
 	if (!ctx->sk)
 		return 1;
 	s = bpf_sk_storage_get(&sb_socks, ctx->sk, 0, 0);
+	s = sb_sock_or_legacy(s, ctx->sk);
 	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT)))
 		return 1;
 	set_dest(ctx, &s->addr, v6);

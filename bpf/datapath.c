@@ -11,6 +11,8 @@
  *   sklookup.c  sk_lookup (per pod network namespace): inbound capture
  *   dns.c       cgroup/sendmsg4 and 6, recvmsg4 and 6 (DNS capture), and the
  *               DNS branch of the connect hooks
+ *   legacy.c    what the programs read from the earlier pinned layout's maps
+ *               while connections it captured live on (after an upgrade)
  *
  * Maps, shared structs and the one load-time config (sb_cfg) are in
  * lib/sockbridge.h. The agent drops the programs its plan does not use
@@ -18,6 +20,7 @@
  */
 #include "lib/sockbridge.h"
 
+#include "legacy.c"
 #include "connect.c"
 #include "sockops.c"
 #include "sockopt.c"

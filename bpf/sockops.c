@@ -174,6 +174,7 @@ static __always_inline void connecting(struct bpf_sock_ops *skops, struct bpf_so
 	struct sb_sock *s;
 
 	s = bpf_sk_storage_get(&sb_socks, sk, 0, 0);
+	s = sb_sock_or_legacy(s, sk);
 	if (!s || !(s->flags & (SB_SOCK_CAPTURED | SB_SOCK_SHORTCUT)))
 		return;
 	tuple_key(skops, e, &key, false);
@@ -218,10 +219,12 @@ static __always_inline void passive_established(struct bpf_sock_ops *skops, stru
 {
 	struct sb_tuple key = {};
 	struct sb_sock *orig, *s;
+	struct sb_sock legacy; /* bpf/legacy.c */
 	bool shortcut;
 
 	tuple_key(skops, e, &key, true);
 	orig = bpf_map_lookup_elem(&sb_tuples, &key);
+	orig = sb_tuple_or_legacy(orig, &key, &legacy);
 	if (!orig)
 		return;
 	s = bpf_sk_storage_get(&sb_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -304,6 +307,7 @@ static __always_inline int track(struct bpf_sock_ops *skops, const __u32 feature
 			listen_cb(skops);
 		return 1;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		sb_legacy_active(skops, sk);
 		/* Only splicing has work here. */
 		if (!splice)
 			return 1;

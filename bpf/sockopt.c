@@ -74,6 +74,7 @@ int getsockopt_origdst(struct bpf_sockopt *ctx)
 	if (ctx->level != SB_SOL_IP && ctx->level != SB_SOL_IPV6)
 		return 1;
 	s = bpf_sk_storage_get(&sb_socks, sk, 0, 0);
+	s = sb_sock_or_legacy(s, sk);
 	if (!s || !(s->flags & SB_SOCK_ORIGDST))
 		s = tuple_lookup(ctx, sk);
 	if (!s && inbound_origdst(sk, &inbound))

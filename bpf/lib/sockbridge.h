@@ -9,9 +9,12 @@
  * an AF_INET6 socket carrying IPv4 (v4-mapped) then give the same key for
  * the same connection, and one code path serves both families.
  *
- * Every map is pinned by name (LIBBPF_PIN_BY_NAME) under the agent's bpffs
- * directory so that the maps outlive an agent restart and a new agent adopts
- * them; within the one object the programs share them directly.
+ * Every map is pinned by name (LIBBPF_PIN_BY_NAME) in the pinned layout's
+ * versioned directory (<bpffs dir>/v<N>/, pkg/datapath/layout.go) so that
+ * the maps outlive an agent restart and a new agent of the same layout
+ * adopts them; within the one object the programs share them directly.
+ * Changing a pinned map's definition (key, value, size, flags) takes a new
+ * layout version. The earlier layout's maps are in bpf/legacy.c.
  */
 #ifndef SOCKBRIDGE_H
 #define SOCKBRIDGE_H
@@ -90,7 +93,11 @@ struct sb_config {
 	 * (Istio 15053); 0 = no DNS capture (the DNS branch of the connect
 	 * hooks does nothing). */
 	__u16 dns_port;
-	__u16 pad2;
+	/* The earlier pinned layout whose maps bpf/legacy.c reads, for the
+	 * connections that layout's programs captured before an upgrade: 1,
+	 * or 0 when there is none (the fallbacks are then dead code the
+	 * verifier removes). */
+	__u16 legacy_layout;
 };
 
 /* The one load-time config of the datapath (see struct sb_config). */
@@ -222,8 +229,16 @@ enum sb_stat {
 	SB_STAT_DNS_RESTORED, /* recvmsg4/6: a DNS proxy reply given the nameserver as source */
 	SB_STAT_SPLICE_SKIPPED, /* sockops: not spliced, its first bytes travel over TCP (Fast Open) */
 	SB_STAT_SPLICE_TCP_ONLY, /* sk_msg: a message took TCP, the socket stays on TCP */
+	SB_STAT_LEGACY_SOCK, /* a socket's state taken from the earlier layout's storage (legacy.c) */
+	SB_STAT_LEGACY_TUPLE, /* a handshake's original destination taken from the earlier layout's sb_tuples */
 	SB_STAT_MAX,
 };
+
+/* Slots of sb_stats: more than enum sb_stat needs, so that a new counter
+ * does not change the pinned map's definition (which would take a new
+ * pinned layout version, docs/datapath.md). */
+#define SB_STAT_SLOTS 64
+_Static_assert(SB_STAT_MAX <= SB_STAT_SLOTS, "sb_stats has fewer slots than enum sb_stat");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -349,7 +364,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, SB_STAT_MAX);
+	__uint(max_entries, SB_STAT_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);

@@ -230,7 +230,7 @@ func newVersionCommand() *cobra.Command {
 					}
 				}
 			}
-			fmt.Fprintf(c.OutOrStdout(), "sockbridge %s\n", v)
+			fmt.Fprintf(c.OutOrStdout(), "sockbridge %s (pinned layout v%d)\n", v, datapath.LayoutVersion)
 		},
 	}
 }

@@ -170,6 +170,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return err
 		}
 	}
+	// A pinned layout this agent cannot take over (a newer one: a
+	// downgrade) is refused before the probe, and before anything is
+	// touched.
+	if err := datapath.CheckLayout(cfg.Datapath.PinDir); err != nil {
+		return err
+	}
 	report, plan, err := Plan(ctx, cfg)
 	if err != nil {
 		return err
@@ -196,7 +202,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			log.Info("datapath uninstalled")
 		}
 	}()
-	ready.set(checkDatapath, "")
+	if dp.SwitchPending() {
+		ready.set(checkDatapath, "loaded over pinned layout 1, whose programs capture until the pods are synced and the hooks switch")
+	} else {
+		ready.set(checkDatapath, "")
+	}
 	statsHeld := false
 	if cfg.BPFStats {
 		stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
@@ -229,6 +239,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		go func() { r.Run(rctx); close(done) }()
 		defer func() { stop(); <-done }()
 	}
+	if dp.SwitchPending() {
+		pods = &switchOnSync{PodMap: pods, dp: dp, ready: ready, log: log}
+	}
+	if dp.LegacyInUse() {
+		lctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { dropLegacy(lctx, dp, legacyCheckInterval, log); close(done) }()
+		defer func() { stop(); <-done }()
+	}
 
 	dnsOff := dnsOffReason(plan, cfg)
 	if cfg.NodeName != "" {
@@ -250,6 +269,68 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return nil
 		case <-hup:
 			pf.sync()
+		}
+	}
+}
+
+// switchOnSync switches the hooks of a datapath loaded over pinned layout
+// 1 (datapath.Switch) after the first pod sync without an error: the
+// earlier agent's programs keep capturing until this agent's pod map holds
+// every pod, and a pod that could not be written is not dropped from
+// capture by the switch. A failed switch is retried at the next sync (the
+// controller's resync, a SIGHUP for the pod file).
+type switchOnSync struct {
+	inbound.PodMap
+	dp    *datapath.Datapath
+	ready *readiness
+	log   *logrus.Logger
+
+	mu   sync.Mutex
+	done bool
+}
+
+// SyncPods syncs the pod map, then switches once.
+func (s *switchOnSync) SyncPods(pods []policy.Pod) error {
+	if err := s.PodMap.SyncPods(pods); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done {
+		return nil
+	}
+	if err := s.dp.Switch(); err != nil {
+		s.ready.set(checkDatapath, "switch from pinned layout 1: "+err.Error())
+		return fmt.Errorf("switch the hooks from pinned layout 1: %w", err)
+	}
+	s.done = true
+	s.ready.set(checkDatapath, "")
+	return nil
+}
+
+// legacyCheckInterval is how often the agent looks whether a socket layout
+// 1 captured is still open.
+const legacyCheckInterval = time.Minute
+
+// dropLegacy removes layout 1's maps kept for the connections it captured
+// once none is left (datapath.DropLegacy), looking every interval.
+func dropLegacy(ctx context.Context, dp *datapath.Datapath, interval time.Duration, log *logrus.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		dropped, err := dp.DropLegacy()
+		if err != nil {
+			log.WithError(err).Warn("cannot tell whether connections captured by pinned layout 1 are still open; its maps stay pinned")
+			continue
+		}
+		if dropped {
+			log.Info("no connection captured by pinned layout 1 is left: its maps are unpinned")
+			return
 		}
 	}
 }

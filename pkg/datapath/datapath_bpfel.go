@@ -43,7 +43,7 @@ type datapathSbConfig struct {
 	InboundSkipPorts [8]uint16
 	Pad              uint16
 	DnsPort          uint16
-	Pad2             uint16
+	LegacyLayout     uint16
 }
 
 type datapathSbDirection uint32
@@ -131,6 +131,13 @@ type datapathSbSockKey struct {
 	Pad        uint32
 }
 
+type datapathSbSockV1 struct {
+	_     structs.HostLayout
+	Ip4   uint32
+	Port  uint16
+	Flags uint16
+}
+
 type datapathSbStat uint32
 
 const (
@@ -161,7 +168,9 @@ const (
 	datapathSbStatSB_STAT_DNS_RESTORED        datapathSbStat = 24
 	datapathSbStatSB_STAT_SPLICE_SKIPPED      datapathSbStat = 25
 	datapathSbStatSB_STAT_SPLICE_TCP_ONLY     datapathSbStat = 26
-	datapathSbStatSB_STAT_MAX                 datapathSbStat = 27
+	datapathSbStatSB_STAT_LEGACY_SOCK         datapathSbStat = 27
+	datapathSbStatSB_STAT_LEGACY_TUPLE        datapathSbStat = 28
+	datapathSbStatSB_STAT_MAX                 datapathSbStat = 29
 )
 
 type datapathSbTuple struct {
@@ -169,6 +178,16 @@ type datapathSbTuple struct {
 	Netns      uint64
 	Client     datapathSbAddr
 	Server     datapathSbAddr
+	ClientPort uint16
+	ServerPort uint16
+	Pad        uint32
+}
+
+type datapathSbTupleV1 struct {
+	_          structs.HostLayout
+	Netns      uint64
+	ClientIp4  uint32
+	ServerIp4  uint32
 	ClientPort uint16
 	ServerPort uint16
 	Pad        uint32
@@ -190,8 +209,10 @@ const (
 	datapathMapSbPorts              = "sb_ports"
 	datapathMapSbSockhash           = "sb_sockhash"
 	datapathMapSbSocks              = "sb_socks"
+	datapathMapSbSocksV1            = "sb_socks_v1"
 	datapathMapSbStats              = "sb_stats"
 	datapathMapSbTuples             = "sb_tuples"
+	datapathMapSbTuplesV1           = "sb_tuples_v1"
 	datapathProgBind4Guard          = "bind4_guard"
 	datapathProgBind6Guard          = "bind6_guard"
 	datapathProgConnect4Redirect    = "connect4_redirect"
@@ -289,8 +310,10 @@ type datapathMapSpecs struct {
 	SbPorts      *ebpf.MapSpec `ebpf:"sb_ports"`
 	SbSockhash   *ebpf.MapSpec `ebpf:"sb_sockhash"`
 	SbSocks      *ebpf.MapSpec `ebpf:"sb_socks"`
+	SbSocksV1    *ebpf.MapSpec `ebpf:"sb_socks_v1"`
 	SbStats      *ebpf.MapSpec `ebpf:"sb_stats"`
 	SbTuples     *ebpf.MapSpec `ebpf:"sb_tuples"`
+	SbTuplesV1   *ebpf.MapSpec `ebpf:"sb_tuples_v1"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -332,8 +355,10 @@ type datapathMaps struct {
 	SbPorts      *ebpf.Map `ebpf:"sb_ports"`
 	SbSockhash   *ebpf.Map `ebpf:"sb_sockhash"`
 	SbSocks      *ebpf.Map `ebpf:"sb_socks"`
+	SbSocksV1    *ebpf.Map `ebpf:"sb_socks_v1"`
 	SbStats      *ebpf.Map `ebpf:"sb_stats"`
 	SbTuples     *ebpf.Map `ebpf:"sb_tuples"`
+	SbTuplesV1   *ebpf.Map `ebpf:"sb_tuples_v1"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -350,8 +375,10 @@ func (m *datapathMaps) Close() error {
 		m.SbPorts,
 		m.SbSockhash,
 		m.SbSocks,
+		m.SbSocksV1,
 		m.SbStats,
 		m.SbTuples,
+		m.SbTuplesV1,
 	)
 }
 

@@ -133,9 +133,9 @@ func (dp *Datapath) InboundAttached() map[uint64]uint64 {
 // adoptInbound takes over the inbound links a previous agent pinned: with
 // inbound capture on, each is updated to this datapath's sk_lookup
 // program; with it off, each is removed, together with the recorded
-// namespace cookies.
+// namespace cookies. Links this datapath attached itself are left as they
+// are.
 func (dp *Datapath) adoptInbound() error {
-	dp.inbound = map[uint64]link.Link{}
 	dir := filepath.Join(dp.cfg.PinDir, linksDir, inboundLinksDir)
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -145,12 +145,17 @@ func (dp *Datapath) adoptInbound() error {
 		return fmt.Errorf("list inbound links: %w", err)
 	}
 	prog := dp.coll.Programs[datapathProgSklookupInbound]
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
 	var errs []error
 	for _, e := range entries {
 		id, perr := strconv.ParseUint(e.Name(), 10, 64)
 		pin := filepath.Join(dir, e.Name())
 		if perr != nil {
 			errs = append(errs, fmt.Errorf("inbound link pin %s: not named after a cgroup id", pin))
+			continue
+		}
+		if _, ok := dp.inbound[id]; ok {
 			continue
 		}
 		if prog == nil {

@@ -28,7 +28,9 @@ var countedMapTypes = []ebpf.MapType{ebpf.Hash, ebpf.LRUHash, ebpf.LPMTrie, ebpf
 
 // MapFill counts the entries of every bounded map the datapath loaded,
 // ordered by name. It walks keys only (BPF_MAP_GET_NEXT_KEY), so it does not
-// depend on the maps' key and value layouts.
+// depend on the maps' key and value layouts. Layout 1's sb_tuples is
+// counted as sb_tuples_v1 while the programs read it (LegacyInUse), and
+// its placeholder is left out otherwise.
 func (dp *Datapath) MapFill() ([]MapFill, error) {
 	if dp.coll == nil {
 		return nil, errors.New("map fill: datapath closed")
@@ -38,7 +40,7 @@ func (dp *Datapath) MapFill() ([]MapFill, error) {
 		errs []error
 	)
 	for name, m := range dp.coll.Maps {
-		if !slices.Contains(countedMapTypes, m.Type()) {
+		if !slices.Contains(countedMapTypes, m.Type()) || (name == datapathMapSbTuplesV1 && !dp.legacy) {
 			continue
 		}
 		n, err := countKeys(m)

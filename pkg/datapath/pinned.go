@@ -30,12 +30,13 @@ type Snapshot struct {
 	Unavailable map[string]string `json:"unavailable,omitempty"`
 }
 
-// ReadPinned reads the maps an agent pinned in pinDir without loading any
-// program. It walks the datapath object's pinned maps, so a new map is
-// read without a change here. It fails as a whole only when nothing is
-// pinned there; otherwise every part it cannot read is named in
-// Snapshot.Unavailable.
+// ReadPinned reads the maps an agent of this layout pinned in pinDir
+// (MapDir) without loading any program. It walks the datapath object's
+// pinned maps, so a new map is read without a change here. It fails as a
+// whole only when nothing is pinned there; otherwise every part it cannot
+// read is named in Snapshot.Unavailable.
 func ReadPinned(pinDir string) (*Snapshot, error) {
+	mapDir := MapDir(pinDir)
 	spec, err := loadDatapath()
 	if err != nil {
 		return nil, fmt.Errorf("load datapath spec: %w", err)
@@ -55,7 +56,7 @@ func ReadPinned(pinDir string) (*Snapshot, error) {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		m, err := ebpf.LoadPinnedMap(filepath.Join(mapDir, name), &ebpf.LoadPinOptions{ReadOnly: true})
 		switch {
 		case err == nil:
 			opened[name] = m
@@ -64,13 +65,13 @@ func ReadPinned(pinDir string) (*Snapshot, error) {
 			// Not created when the agent runs without splicing or
 			// without inbound capture.
 		case errors.Is(err, os.ErrNotExist):
-			s.Unavailable["map "+name] = "not pinned in " + pinDir
+			s.Unavailable["map "+name] = "not pinned in " + mapDir
 		default:
 			s.Unavailable["map "+name] = err.Error()
 		}
 	}
 	if len(opened) == 0 {
-		return nil, fmt.Errorf("no sockbridge map pinned in %s (is the agent installed?)", pinDir)
+		return nil, fmt.Errorf("no sockbridge map of pinned layout v%d in %s (is an agent of this version installed?)", LayoutVersion, mapDir)
 	}
 	var dp Datapath
 	assignMaps(opened, &dp.maps)

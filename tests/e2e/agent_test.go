@@ -84,7 +84,7 @@ func TestAgentRestartAndUninstall(t *testing.T) {
 	if len(snap.Pods) != 1 || snap.Pods[0].IPv4 != podAIP.String() || !snap.Pods[0].Capture || snap.Stats.Get("captured") != 3 {
 		t.Errorf("sockbridge maps = %s", out)
 	}
-	mapIDs := pinnedMapIDs(t, e.pinDir)
+	mapIDs := pinnedMapIDs(t, datapath.MapDir(e.pinDir))
 
 	stopAgent(t, agent)
 	if out, err := exec.Command(bin.sockbridge, "uninstall", "--bpffs-dir", e.pinDir).CombinedOutput(); err != nil {

@@ -71,7 +71,7 @@ func TestBpftoolDumpShowsFieldNames(t *testing.T) {
 		if len(fields) == 0 {
 			continue // plain integers: nothing to name
 		}
-		pin := filepath.Join(e.pinDir, name)
+		pin := filepath.Join(datapath.MapDir(e.pinDir), name)
 		if _, err := os.Stat(pin); err != nil {
 			t.Errorf("map %s not pinned: %v", name, err)
 			continue

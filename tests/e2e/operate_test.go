@@ -169,12 +169,12 @@ func TestAgentMetrics(t *testing.T) {
 	// Fill against capacity: the capacity is what the kernel says of the
 	// pinned map, the entries what the maps hold.
 	counted := 0
-	entries, _ := os.ReadDir(e.pinDir)
+	entries, _ := os.ReadDir(datapath.MapDir(e.pinDir))
 	for _, ent := range entries {
 		if ent.IsDir() {
 			continue
 		}
-		info := bpftoolMap(t, filepath.Join(e.pinDir, ent.Name()))
+		info := bpftoolMap(t, filepath.Join(datapath.MapDir(e.pinDir), ent.Name()))
 		switch info.Type {
 		case "hash", "lru_hash", "lpm_trie", "sockhash":
 		default:

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/bpfobj"
+	"github.com/sockbridge/sockbridge/pkg/datapath"
 	"github.com/sockbridge/sockbridge/tests/sbpeer/peer"
 )
 
@@ -133,7 +134,7 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 		}
 		// With splicing off, neither the sockhash nor the splice
 		// programs are created.
-		if _, err := os.Stat(filepath.Join(e.pinDir, "sb_sockhash")); !os.IsNotExist(err) {
+		if _, err := os.Stat(filepath.Join(datapath.MapDir(e.pinDir), "sb_sockhash")); !os.IsNotExist(err) {
 			t.Errorf("sb_sockhash pinned with splicing off (stat: %v)", err)
 		}
 		if slices.Contains(s.Maps, "sb_sockhash") || !slices.Contains(s.Maps, "sb_socks") {
@@ -148,7 +149,7 @@ func TestAgentFollowsProbePlan(t *testing.T) {
 		// `sockbridge maps` never fails as a whole: with one pin gone it
 		// prints the rest and names what it could not read. (The map
 		// itself lives on, held by the attached programs.)
-		if err := os.Remove(filepath.Join(e.pinDir, "sb_tuples")); err != nil {
+		if err := os.Remove(filepath.Join(datapath.MapDir(e.pinDir), "sb_tuples")); err != nil {
 			t.Fatal(err)
 		}
 		s = readMaps(t, e.pinDir)

@@ -67,6 +67,12 @@ func main() {
 		err = dnsquery(os.Args[2:])
 	case "dnsload":
 		err = dnsload(os.Args[2:])
+	case "longlived": // upgrade modes, longlived.go
+		err = longlived(os.Args[2:])
+	case "origdst-echo":
+		err = origdstEcho(os.Args[2:])
+	case "held":
+		err = held(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown mode %q (valid: serve, roundtrip, conns, sockopts, hold, stream, reset, gosidecar, mserve, mclient, sink, reqresp, bulk)", os.Args[1])
 	}

@@ -74,3 +74,14 @@ type Bulk struct {
 	Server    string  `json:"server_result"`
 	ServerSaw string  `json:"server_saw_peer"`
 }
+
+// LongLived is what the longlived mode prints when it is stopped: how often
+// its connections, opened once, were checked and how many checks failed.
+type LongLived struct {
+	Conns  int `json:"conns"`
+	Rounds int `json:"rounds"`
+	Checks int `json:"checks"`
+	Failed int `json:"failed"`
+	// Errors lists failed checks, at most 20.
+	Errors []string `json:"errors,omitempty"`
+}
