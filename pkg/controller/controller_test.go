@@ -18,7 +18,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
@@ -134,6 +136,18 @@ func (e *unitEnv) start() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	// The fake clientset loses what is created between the informer's list
+	// and its watch; wait for the pod watch, not only for the synced cache.
+	podWatch := make(chan struct{})
+	var once sync.Once
+	e.client.PrependWatchReactor("pods", func(action k8stesting.Action) (bool, watch.Interface, error) {
+		w, err := e.client.Tracker().Watch(action.GetResource(), action.GetNamespace())
+		if err != nil {
+			return false, nil, err
+		}
+		once.Do(func() { close(podWatch) })
+		return true, w, nil
+	})
 	c.evaluate = stubEvaluate
 	c.resolver.id = inode
 	c.resolver.rescanEvery = 0
@@ -141,12 +155,14 @@ func (e *unitEnv) start() {
 	e.c, e.cancel, e.done = c, cancel, make(chan error, 1)
 	go func() { e.done <- c.Run(ctx) }()
 	e.t.Cleanup(e.stop)
-	select {
-	case <-c.Ready():
-	case err := <-e.done:
-		e.t.Fatalf("controller stopped: %v", err)
-	case <-time.After(10 * time.Second):
-		e.t.Fatal("controller not ready")
+	for _, ch := range []<-chan struct{}{c.Ready(), podWatch} {
+		select {
+		case <-ch:
+		case err := <-e.done:
+			e.t.Fatalf("controller stopped: %v", err)
+		case <-time.After(10 * time.Second):
+			e.t.Fatal("controller not ready or not watching pods")
+		}
 	}
 }
 
