@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,6 +62,8 @@ func TestUpgradeFromLayout1UnderLoad(t *testing.T) {
 	a := e.addPod("a", podAIP, podOpts{sidecar: true})
 	b := e.addPod("b", podBIP, podOpts{})
 	c := e.addPod("c", podCIP, podOpts{sidecar: true})
+	app := e.startApp(a, appPort) // a's sidecar listens on 15006 from the start
+	remote := e.net.AddHost("remote", netip.MustParseAddr("10.250.0.20"))
 	if _, err := os.Stat("/proc/sys/net/ipv4/tcp_syn_linear_timeouts"); err == nil {
 		// Held SYNs are sent again every second (kernel 6.5), not after
 		// 1, 3, 7 ... s.
@@ -102,6 +105,9 @@ func TestUpgradeFromLayout1UnderLoad(t *testing.T) {
 		agent, more := testutil.RestartsUnderLoad(t, agent, startNew, client, a.sidecar, seen+upgradeConns/2)
 		outputs = append(outputs, more...)
 		client.Wait()
+		if round == 1 {
+			inboundAfterUpgrade(t, remote, podAIP, app)
+		}
 		var r peer.Conns
 		if err := json.Unmarshal([]byte(client.Output()), &r); err != nil {
 			t.Fatalf("round %d: client output %q: %v", round, client.Output(), err)
@@ -185,6 +191,38 @@ func TestUpgradeFromLayout1UnderLoad(t *testing.T) {
 		}
 		if left := attachedPrograms(t, e.cgroup); len(left) != 0 {
 			t.Fatalf("round %d: programs attached after uninstall: %v", round, left)
+		}
+	}
+}
+
+// inboundAfterUpgrade checks inbound capture after the upgrade. Layout 1
+// had none; the upgraded agent starts it for a sidecar that has been
+// listening since before the switch (its listener is recorded from user
+// space), and nothing reaches the app past the sidecar meanwhile.
+func inboundAfterUpgrade(t *testing.T, remote *testutil.Netns, ip netip.Addr, app *testutil.Proc) {
+	t.Helper()
+	addr := netip.AddrPortFrom(ip, appPort).String()
+	deadline := time.Now().Add(agentStartTimeout)
+	var r peer.Roundtrip
+	for {
+		out, err := testutil.Output(t, time.Minute, testutil.ProcSpec{Netns: remote, Args: []string{bin.sbpeer, "roundtrip", "-addr", addr, "-bytes", "65536"}})
+		if err == nil {
+			err = json.Unmarshal(out, &r)
+		}
+		if err == nil && r.Intact {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("inbound to %s after the upgrade: %v %+v", addr, err, r)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if hostOf(r.ServerSawPeer) != "127.0.0.6" {
+		t.Errorf("inbound after the upgrade: the app saw %s, want the sidecar's 127.0.0.6", r.ServerSawPeer)
+	}
+	for _, peer := range accepted(app) {
+		if hostOf(peer) != "127.0.0.6" {
+			t.Errorf("after the upgrade the app accepted a connection from %s, past its sidecar", peer)
 		}
 	}
 }
