@@ -410,7 +410,7 @@ type noisy struct {
 func (r *results) noisyMetrics(sum summary) []noisy {
 	var out []noisy
 	for _, v := range r.Variants {
-		for _, m := range metrics {
+		for _, m := range allMetrics() {
 			if st, ok := sum.get(v.ID, m.key); ok && st.spread() > busySpread {
 				out = append(out, noisy{v.ID, m.key, st.spread()})
 			}
