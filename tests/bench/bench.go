@@ -158,11 +158,13 @@ func (b *bench) available() []*variant {
 
 func (b *bench) runOne(r int, wl workload, v *variant) {
 	before := b.markPath(v)
+	costs := len(b.res.Cost)
 	vals, conns, err := wl.run(v)
 	if err == nil {
 		err = b.checkPath(v, before, conns)
 	}
 	if err != nil {
+		b.res.Cost = b.res.Cost[:costs] // a failed run's BPF time is left out too
 		msg := fmt.Sprintf("round %d, %s, variant %d (%s): %v", r, wl.name, v.id, v.name, err)
 		b.res.Failures = append(b.res.Failures, msg)
 		b.w.t.Logf("FAILED %s", msg)
