@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
+	"github.com/sockbridge/sockbridge/pkg/datapath"
 )
 
 // settings are the benchmark's knobs (see flags in main.go).
@@ -80,6 +81,9 @@ type results struct {
 	After     machineState
 	IptRules  string
 	DatapathC map[int]map[string]uint64 // datapath counters at the end, by variant
+	// Cost is each datapath program's run time over each connection-rate
+	// and mesh run (cost.go).
+	Cost []progCost
 }
 
 type variantInfo struct {
@@ -94,6 +98,8 @@ type bench struct {
 	res *results
 	// progs are each datapath's BPF programs, by variant.
 	progs map[int]map[string]*ebpf.Program
+	// curRound is the round being run.
+	curRound int
 }
 
 // runBench builds the world, runs every round and returns what it measured.
@@ -127,9 +133,13 @@ func (b *bench) round(r int) {
 	}
 	k := (r - 1) % len(vs)
 	order := append(append([]*variant{}, vs[k:]...), vs[:k]...)
+	b.curRound = r
 	start := b.bpfSnapshot()
 	for _, wl := range b.workloads() {
 		for _, v := range order {
+			if wl.applies != nil && !wl.applies(v) {
+				continue
+			}
 			b.runOne(r, wl, v)
 		}
 	}
@@ -148,18 +158,20 @@ func (b *bench) available() []*variant {
 
 func (b *bench) runOne(r int, wl workload, v *variant) {
 	before := b.markPath(v)
+	costs := len(b.res.Cost)
 	vals, conns, err := wl.run(v)
 	if err == nil {
 		err = b.checkPath(v, before, conns)
 	}
 	if err != nil {
+		b.res.Cost = b.res.Cost[:costs] // a failed run's BPF time is left out too
 		msg := fmt.Sprintf("round %d, %s, variant %d (%s): %v", r, wl.name, v.id, v.name, err)
 		b.res.Failures = append(b.res.Failures, msg)
 		b.w.t.Logf("FAILED %s", msg)
 		return
 	}
 	var parts []string
-	for _, m := range metrics {
+	for _, m := range allMetrics() {
 		if x, ok := vals[m.key]; ok {
 			b.res.Samples = append(b.res.Samples, sample{Round: r, Variant: v.id, Metric: m.key, Value: x})
 			parts = append(parts, fmt.Sprintf("%s=%.4g", m.key, x))
@@ -179,7 +191,9 @@ func (b *bench) setupBPFStats() {
 		if v.dp == nil {
 			continue
 		}
-		progs, err := bpfPrograms(v.pinDir)
+		// The maps are pinned in the layout's directory (layout 2:
+		// <pin dir>/v2), the links elsewhere.
+		progs, err := bpfPrograms(datapath.MapDir(v.pinDir))
 		if err != nil {
 			b.res.BPFNote = err.Error()
 			continue

@@ -36,5 +36,33 @@ func TestBenchSmoke(t *testing.T) {
 				t.Errorf("variant %d (%s): no %s", v.ID, v.Name, m.key)
 			}
 		}
+		for _, key := range wantCostMetrics(v.ID, res.BPFNote == "") {
+			if _, ok := res.summary().get(v.ID, key); !ok {
+				t.Errorf("variant %d (%s): no %s", v.ID, v.Name, key)
+			}
+		}
 	}
+}
+
+// wantCostMetrics are the cost metrics variant id must have: the mesh
+// workloads for the sockbridge variants and, where the kernel counts BPF
+// run time, the BPF per connection and, with splicing, the sk_msg cost.
+func wantCostMetrics(id int, bpfStats bool) []string {
+	if id != sockbridge && id != splice {
+		return nil
+	}
+	var keys []string
+	if bpfStats {
+		keys = append(keys, "bpf_ns_per_conn")
+	}
+	for _, m := range meshSizes {
+		keys = append(keys, m.label+"_p50_us", m.label+"_rps")
+		if bpfStats {
+			keys = append(keys, m.label+"_bpf_ns_per_req")
+			if id == splice {
+				keys = append(keys, m.label+"_skmsg_ns_per_msg", m.label+"_skmsg_msgs_per_req")
+			}
+		}
+	}
+	return keys
 }

@@ -65,6 +65,9 @@ type variant struct {
 	proxy     *testutil.Proc // the HAProxy that must log the connections
 	dp        *datapath.Datapath
 	pinDir    string
+	// mesh is the meshed server pod of variants 4 and 5 (mesh.go): the
+	// sidecar-to-sidecar path on one node, the one splicing applies to.
+	mesh *meshServer
 }
 
 type pod struct {
@@ -183,6 +186,7 @@ func (w *world) addVariant(id int, plain string, ip netip.Addr) *variant {
 		if err := v.dp.UpsertPod(meshedPod(v.pod.id, ip)); err != nil {
 			w.t.Fatalf("put pod of variant %d in the map: %v", id, err)
 		}
+		v.mesh = w.addMeshServer(v, parent, meshServerIP(ip))
 	}
 	return v
 }

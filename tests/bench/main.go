@@ -11,8 +11,12 @@
 //  4. sockbridge capture, splicing off;
 //  5. sockbridge capture, splicing on.
 //
-// It writes results.md, samples.csv, summary.csv, bpf.csv and chart.png to
-// -out and prints the markdown. -smoke runs one tiny round and only checks
+// Variants 4 and 5 also run the mesh workloads (mesh.go): to a meshed
+// server pod behind its own sidecar, the sidecar-to-sidecar path splicing
+// is for. cost.go reports the cost per connection and per message.
+//
+// It writes results.md, samples.csv, summary.csv, bpf.csv, cost.csv and
+// chart.png to -out and prints the markdown. -smoke runs one tiny round and only checks
 // that every variant moved its bytes intact. docs/benchmark.md describes
 // the method. Root only; everything it creates is removed on exit, on
 // failure and on SIGINT/SIGTERM.
@@ -129,7 +133,7 @@ func run(t *programTB, s settings) error {
 		fmt.Print(dns.markdown())
 		failures += len(dns.Failures)
 	}
-	t.Logf("results in %s (results.md, samples.csv, summary.csv, bpf.csv, chart.png, iptables-nat.rules, dns.csv, iptables-dns.rules)", s.Out)
+	t.Logf("results in %s (results.md, samples.csv, summary.csv, bpf.csv, cost.csv, chart.png, iptables-nat.rules, dns.csv, iptables-dns.rules)", s.Out)
 	if failures > 0 {
 		return fmt.Errorf("%d workload run(s) failed (listed under Failures)", failures)
 	}

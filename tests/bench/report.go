@@ -84,7 +84,7 @@ func format(x float64) string {
 }
 
 func (st stat) String() string {
-	if st.n == 1 {
+	if st.n == 1 || st.min == st.max {
 		return format(st.median)
 	}
 	return fmt.Sprintf("%s (%s–%s)", format(st.median), format(st.min), format(st.max))
@@ -99,6 +99,7 @@ func (r *results) markdown() string {
 	r.writeMainTable(&b, sum)
 	r.writeOverhead(&b, sum)
 	r.writeTargets(&b, sum)
+	r.writeCost(&b, sum)
 	r.writeBPF(&b)
 	r.writeCounters(&b)
 	r.writeMachine(&b, sum)
@@ -123,6 +124,8 @@ func sizeString(n int64) string {
 		return fmt.Sprintf("%d GiB", n>>30)
 	case n >= 1<<20 && n%(1<<20) == 0:
 		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
 	default:
 		return fmt.Sprintf("%d B", n)
 	}
@@ -281,7 +284,7 @@ func metOrMissed(met bool) string {
 func (r *results) missedWithin(sum summary, id int, pct float64) []string {
 	var missed []string
 	for _, m := range metrics {
-		if m.key == "ct_per_conn" || m.key == "bulk_node_cpu_s_per_gib" {
+		if m.key == "ct_per_conn" || m.key == "bulk_node_cpu_s_per_gib" || m.key == "conn_node_cpu_ms_per_1k" {
 			continue
 		}
 		v, ok1 := sum.get(id, m.key)
@@ -407,7 +410,7 @@ type noisy struct {
 func (r *results) noisyMetrics(sum summary) []noisy {
 	var out []noisy
 	for _, v := range r.Variants {
-		for _, m := range metrics {
+		for _, m := range allMetrics() {
 			if st, ok := sum.get(v.ID, m.key); ok && st.spread() > busySpread {
 				out = append(out, noisy{v.ID, m.key, st.spread()})
 			}
@@ -447,7 +450,7 @@ func (r *results) writeFailures(b *strings.Builder) {
 	b.WriteString("\n")
 }
 
-// writeFiles writes results.md, samples.csv, summary.csv, bpf.csv,
+// writeFiles writes results.md, samples.csv, summary.csv, bpf.csv, cost.csv,
 // iptables-nat.rules and chart.png into dir.
 func (r *results) writeFiles(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -458,6 +461,7 @@ func (r *results) writeFiles(dir string) error {
 		"samples.csv": r.writeSamplesCSV,
 		"summary.csv": r.writeSummaryCSV,
 		"bpf.csv":     r.writeBPFCSV,
+		"cost.csv":    r.writeCostCSV,
 		"chart.png":   r.writeChart,
 		"iptables-nat.rules": func(p string) error {
 			return os.WriteFile(p, []byte(r.IptRules), 0o644)
@@ -495,7 +499,7 @@ func (r *results) writeSummaryCSV(path string) error {
 	sum := r.summary()
 	rows := [][]string{{"variant", "variant_name", "metric", "unit", "median", "min", "max", "rounds"}}
 	for _, v := range r.Variants {
-		for _, m := range metrics {
+		for _, m := range allMetrics() {
 			st, ok := sum.get(v.ID, m.key)
 			if !ok {
 				continue

@@ -36,11 +36,13 @@ var metrics = []metric{
 	{"bulk_node_cpu_s_per_gib", "bulk CPU, whole machine", "CPU-s/GiB", false},
 	{"conn_per_s", "connect + 1 B echo + close", "conn/s", true},
 	{"conn_p99_ms", "connect p99", "ms", false},
+	{"conn_cpu_ms_per_1k", "connection CPU, pod + server cgroups", "CPU-ms/1000 conns", false},
+	{"conn_node_cpu_ms_per_1k", "connection CPU, whole machine", "CPU-ms/1000 conns", false},
 	{"ct_per_conn", "conntrack entries per connection", "", false},
 }
 
 func metricByKey(key string) (metric, bool) {
-	for _, m := range metrics {
+	for _, m := range allMetrics() {
 		if m.key == key {
 			return m, true
 		}
@@ -53,17 +55,24 @@ func metricByKey(key string) (metric, bool) {
 type workload struct {
 	name string
 	run  func(v *variant) (map[string]float64, int, error)
+	// applies says which variants run it; nil: every variant.
+	applies func(v *variant) bool
 }
 
 func (b *bench) workloads() []workload {
-	return []workload{
-		{"pingpong64", b.reqresp("pingpong64", 64)},
-		{"rr1k", b.reqresp("rr1k", 1<<10)},
-		{"rr16k", b.reqresp("rr16k", 16<<10)},
-		{"bulk", b.bulk},
-		{"conns", b.conns},
-		{"conntrack", b.conntrack},
+	wls := []workload{
+		{name: "pingpong64", run: b.reqresp("pingpong64", 64)},
+		{name: "rr1k", run: b.reqresp("rr1k", 1<<10)},
+		{name: "rr16k", run: b.reqresp("rr16k", 16<<10)},
+		{name: "bulk", run: b.bulk},
+		{name: "conns", run: b.conns},
+		{name: "conntrack", run: b.conntrack},
 	}
+	for _, m := range meshSizes {
+		wls = append(wls, workload{name: m.label, run: b.meshReqResp(m.label, m.size),
+			applies: func(v *variant) bool { return v.mesh != nil }})
+	}
+	return wls
 }
 
 func (b *bench) reqresp(label string, size int) func(v *variant) (map[string]float64, int, error) {
@@ -118,12 +127,33 @@ func (b *bench) bulk(v *variant) (map[string]float64, int, error) {
 	}, 1, nil
 }
 
+// conns opens Conns connections (connect, 1 B echo, close) and charges
+// the CPU time of the pod and server cgroups and of the machine, and the
+// run time of the variant's BPF programs (cost.go), to them.
 func (b *bench) conns(v *variant) (map[string]float64, int, error) {
+	meter, err := startCPU(v.pod.cgroup, b.w.serverCg)
+	if err != nil {
+		return nil, 0, err
+	}
+	start := b.progSnapshot(v)
 	r, err := b.runConns(v, b.s.Conns, b.s.ConnsParallel)
 	if err != nil {
 		return nil, 0, err
 	}
-	return map[string]float64{"conn_per_s": r.PerSec, "conn_p99_ms": r.P99Ms}, int(r.OK), nil
+	progs := b.progDelta(v, start)
+	cg, node, err := meter.stop()
+	if err != nil {
+		return nil, 0, err
+	}
+	perK := func(d time.Duration) float64 { return d.Seconds() * 1e3 / float64(r.OK) * 1000 }
+	vals := map[string]float64{
+		"conn_per_s": r.PerSec, "conn_p99_ms": r.P99Ms,
+		"conn_cpu_ms_per_1k": perK(cg), "conn_node_cpu_ms_per_1k": perK(node),
+	}
+	if progs != nil {
+		vals["bpf_ns_per_conn"] = b.recordConnCost(v, progs, uint64(r.OK))
+	}
+	return vals, int(r.OK), nil
 }
 
 // conntrack counts the conntrack entries the pod's namespace creates for
@@ -203,6 +233,12 @@ func (b *bench) markPath(v *variant) pathMark {
 // sidecar at all.
 func (b *bench) checkPath(v *variant, before pathMark, conns int) error {
 	after := b.markPath(v)
+	// HAProxy's log lines reach us through a pipe and a goroutine: on a
+	// loaded machine the last ones can trail the workload's end.
+	for deadline := time.Now().Add(logGrace); v.logPrefix != "" && after.lines-before.lines < conns && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		after = b.markPath(v)
+	}
 	lines := after.lines - before.lines
 	if v.logPrefix == "" {
 		if lines != 0 {
@@ -218,6 +254,10 @@ func (b *bench) checkPath(v *variant, before pathMark, conns int) error {
 	}
 	return nil
 }
+
+// logGrace is how long checkPath waits for the proxy's log lines of a
+// finished workload.
+const logGrace = 3 * time.Second
 
 func (v *variant) logPrefixOrOutbound() string {
 	if v.logPrefix == "" {
