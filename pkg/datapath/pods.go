@@ -567,6 +567,41 @@ func (dp *Datapath) SplicedSockets() (int, error) {
 	return n, nil
 }
 
+// SplicedSocket is one sb_sockhash entry: the key the sk_msg program looks
+// its peer up by, and the socket's cookie (what `ss -e` prints as sk:).
+type SplicedSocket struct {
+	Netns  uint64 // netns cookie, 0 when the key needs none
+	Local  netip.AddrPort
+	Remote netip.AddrPort
+	Cookie uint64
+}
+
+// SplicedSocketList lists the sockets in sb_sockhash; nil without
+// splicing. Tests print it when a socket outlives its connection.
+func (dp *Datapath) SplicedSocketList() ([]SplicedSocket, error) {
+	if dp.maps.SbSockhash == nil {
+		return nil, nil
+	}
+	var (
+		k    datapathSbSockKey
+		v    uint64
+		list []SplicedSocket
+	)
+	it := dp.maps.SbSockhash.Iterate()
+	for it.Next(&k, &v) {
+		list = append(list, SplicedSocket{
+			Netns:  k.Netns,
+			Local:  netip.AddrPortFrom(addrOf(k.Local), k.LocalPort),
+			Remote: netip.AddrPortFrom(addrOf(k.Remote), k.RemotePort),
+			Cookie: v,
+		})
+	}
+	if err := it.Err(); err != nil {
+		return list, fmt.Errorf("iterate sockhash: %w", err)
+	}
+	return list, nil
+}
+
 // Stats returns the datapath counters summed over CPUs, named after enum
 // sb_stat ("captured" for SB_STAT_CAPTURED); every counter is present.
 func (dp *Datapath) Stats() (bpfobj.Values, error) {

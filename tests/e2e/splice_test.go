@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -133,6 +134,33 @@ func waitNoFlows(t *testing.T, e *env) {
 	}
 	flows, _ := e.dp.Flows()
 	t.Errorf("after every connection closed: %d sockets with state, %d in the sockhash: %+v", live, spliced, flows)
+	logSpliced(t, e)
+}
+
+// logSpliced logs every sb_sockhash entry with the socket's line from
+// `ss -tanie` in the host and every named network namespace, found by its
+// cookie (ss prints it as sk:<hex>).
+func logSpliced(t *testing.T, e *env) {
+	t.Helper()
+	list, err := e.dp.SplicedSocketList()
+	if err != nil {
+		t.Logf("list sockhash: %v", err)
+	}
+	out, _ := exec.Command("ss", "-tanie").CombinedOutput()
+	nsOut, _ := exec.Command("ip", "-all", "netns", "exec", "ss", "-tanie").CombinedOutput()
+	lines := strings.Split(string(out)+string(nsOut), "\n")
+	for _, s := range list {
+		t.Logf("in the sockhash: netns %d %s -> %s cookie %d", s.Netns, s.Local, s.Remote, s.Cookie)
+		for i, l := range lines {
+			if strings.Contains(l, fmt.Sprintf("sk:%x ", s.Cookie)) || strings.HasSuffix(l, fmt.Sprintf("sk:%x", s.Cookie)) {
+				prev := ""
+				if i > 0 {
+					prev = lines[i-1]
+				}
+				t.Logf("  ss: %s %s", strings.TrimSpace(prev), strings.TrimSpace(l))
+			}
+		}
+	}
 }
 
 // Two pods open connections with identical loopback 4-tuples
