@@ -516,10 +516,14 @@ func (res *stepsResults) markdown() string {
 	b.WriteString("| step | hook | ns per execution | executions per test connection | per proxied connection | ns per proxied connection | per sidecar-to-sidecar connection (splice) |\n")
 	b.WriteString("|---|---|---:|---:|---:|---:|---:|\n")
 	var stepsTotal float64
+	shares := map[string]hookShare{}
 	for _, row := range res.stepRows() {
 		d := row.Def
 		perConn := row.NsPerRun.median * d.PerProxied
 		stepsTotal += perConn
+		sh := shares[d.Hook]
+		sh.steps += perConn
+		shares[d.Hook] = sh
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", d.Label, d.Hook, row.NsPerRun, row.RunsConn,
 			format(d.PerProxied), format(perConn), format(d.PerMesh))
 	}
@@ -543,10 +547,15 @@ func (res *stepsResults) markdown() string {
 	fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n\n", hookSockops, opsMean, opsFirst, opsLast, res.hookCalls(hookSockops),
 		format(opsProxied), format(opsMean.median*opsProxied))
 	floors := c4Mean.median*c4Proxied + opsMean.median*opsProxied
+	for hook, st := range map[string]stat{hookConnect4: c4Mean, hookSockops: opsMean} {
+		sh := shares[hook]
+		sh.floorPerCall = st.median
+		shares[hook] = sh
+	}
 	fmt.Fprintf(&b, "Accounted for per proxied connection on connect4 and sockops: steps %s ns + floors %s ns = **%s ns** "+
 		"(plus getpeername and getsockopt, 2 calls each, not split into steps here; target ≤ %d ns for everything).\n\n",
 		format(stepsTotal), format(floors), format(stepsTotal+floors), bpfPerConnTargetNs)
-	res.writeReference(&b, stepsTotal+floors)
+	res.writeReference(&b, shares, stepsTotal+floors)
 
 	b.WriteString("**sockops callbacks by op** (test connection: one active and one passive socket in the cgroup; the client asks for state callbacks at TCP_CONNECT_CB, as the datapath does for a captured socket. " +
 		"Per proxied connection: 2 × active (the app's socket and the sidecar's upstream one; state callbacks only on the app's) + 1 × passive (the sidecar's accepted socket)):\n\n")
@@ -564,19 +573,47 @@ func (res *stepsResults) markdown() string {
 	return b.String()
 }
 
-// writeReference compares the accounted total with the datapath's own
-// breakdown from this invocation's connection-rate runs.
-func (res *stepsResults) writeReference(b *strings.Builder, accounted float64) {
+// hookShare is what the section accounts for on one hook per proxied
+// connection: the floor per call and the steps' ns.
+type hookShare struct {
+	floorPerCall float64
+	steps        float64
+}
+
+// referenceHook is the hook a datapath program runs on, by its name; ""
+// for a hook the section does not split.
+func referenceHook(program string) string {
+	switch {
+	case strings.HasPrefix(program, "connect4"):
+		return hookConnect4
+	case strings.HasPrefix(program, "sockops"):
+		return hookSockops
+	}
+	return ""
+}
+
+// writeReference sets the steps and floors beside the datapath's own
+// programs from this invocation's connection-rate runs: per program, its
+// calls times the floor, the steps it takes, and the rest (its other
+// work: lookups, checks, counters).
+func (res *stepsResults) writeReference(b *strings.Builder, shares map[string]hookShare, accounted float64) {
 	if len(res.Reference) == 0 {
-		b.WriteString("The datapath's own run time per connection (cost.go's breakdown) is in the cost section when variant 4 runs in the same invocation.\n\n")
+		b.WriteString("The datapath's own run time per connection (cost.go's breakdown) is set beside these when variant 4 runs in the same invocation.\n\n")
 		return
 	}
 	var total float64
-	b.WriteString("The datapath's own programs over this invocation's connection-rate runs (variant 4, cost.go):\n\n")
-	b.WriteString("| program | calls per connection | ns per call | ns per connection |\n|---|---:|---:|---:|\n")
+	b.WriteString("Beside the datapath's own programs over this invocation's connection-rate runs (variant 4, cost.go; ns per connection):\n\n")
+	b.WriteString("| program | calls per connection | ns per connection | floor × calls | steps above | rest |\n|---|---:|---:|---:|---:|---:|\n")
 	for _, row := range res.Reference {
 		total += row.NsUnit.median
-		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", row.Program, row.PerUnit, row.NsCall, row.NsUnit)
+		sh, ok := shares[referenceHook(row.Program)]
+		if !ok {
+			fmt.Fprintf(b, "| %s | %s | %s | – | – | – |\n", row.Program, row.PerUnit, row.NsUnit)
+			continue
+		}
+		floor := sh.floorPerCall * row.PerUnit.median
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", row.Program, row.PerUnit, row.NsUnit, format(floor), format(sh.steps),
+			format(row.NsUnit.median-floor-sh.steps))
 	}
 	fmt.Fprintf(b, "\nDatapath total %s ns per connection; the steps and floors above account for %s ns of it (%.0f%%).\n\n",
 		format(total), format(accounted), 100*accounted/total)
