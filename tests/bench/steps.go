@@ -166,8 +166,9 @@ var opNeeds = map[int]string{
 	11:        "only with inbound capture, once per listen()",
 }
 
-// stepProgs are the programs attached to the private cgroup, in attach
-// order per hook: each hook's floor first and last.
+// stepProgs are the programs attached to the private cgroup per hook:
+// each hook's floor first and last, the steps between them in an order
+// that rotates from round to round (attachOrder).
 var stepProgs = map[string][]string{
 	hookConnect4: {stepProgC4Empty, stepProgStorage, stepProgBind, stepProgGen, stepProgCgHit, stepProgCgMiss, stepProgC4EmptyLast},
 	hookSockops:  {stepProgOpsEmpty, stepProgOpsCount, stepProgPStore, stepProgTuple, stepProgSockhash, stepProgOpsLast},
@@ -211,6 +212,7 @@ type stepsWorld struct {
 	ns     *testutil.Netns
 	cgroup string
 	coll   *ebpf.Collection
+	links  []link.Link // the step programs on the cgroup, this round's order
 }
 
 // loadStepsSpec parses the embedded object.
@@ -296,27 +298,54 @@ func (w *stepsWorld) load() error {
 	return nil
 }
 
-// attach attaches every step program to the private cgroup, in stepProgs'
-// order, and the sk_msg program to the sockhash. The links and the map
-// are this process's only: they go when it ends.
+// attachOrder is hook's programs in the order round rot attaches them:
+// the floors first and last, the steps between them rotated by rot, so
+// that a step's place in the hook's list (the first program meets the
+// socket's cache lines cold) moves from round to round instead of biasing
+// one step.
+func attachOrder(hook string, rot int) []string {
+	progs := stepProgs[hook]
+	mid := slices.Clone(progs[1 : len(progs)-1])
+	k := rot % len(mid)
+	mid = append(mid[k:], mid[:k]...)
+	return append(append([]string{progs[0]}, mid...), progs[len(progs)-1])
+}
+
+// attach attaches the sk_msg program to the sockhash. The map is this
+// process's only: it goes, with the program, when the process ends.
 func (w *stepsWorld) attach() error {
-	types := map[string]ebpf.AttachType{hookConnect4: ebpf.AttachCGroupInet4Connect, hookSockops: ebpf.AttachCGroupSockOps}
-	for _, hook := range []string{hookConnect4, hookSockops} {
-		for _, name := range stepProgs[hook] {
-			l, err := link.AttachCgroup(link.CgroupOptions{Path: w.cgroup, Attach: types[hook], Program: w.coll.Programs[name]})
-			if err != nil {
-				return fmt.Errorf("attach %s to %s: %w", name, w.cgroup, err)
-			}
-			w.t.Cleanup(func() { l.Close() })
-		}
-	}
 	opts := link.RawAttachProgramOptions{Target: w.coll.Maps[stepMapSockhash].FD(),
 		Program: w.coll.Programs[stepProgMsgPass], Attach: ebpf.AttachSkMsgVerdict}
 	if err := link.RawAttachProgram(opts); err != nil {
 		return fmt.Errorf("attach %s to %s: %w", stepProgMsgPass, stepMapSockhash, err)
 	}
 	w.t.Cleanup(func() { link.RawDetachProgram(link.RawDetachProgramOptions(opts)) })
+	w.t.Cleanup(w.detachCgroup)
 	return nil
+}
+
+// attachCgroup (re)attaches every step program to the private cgroup in
+// round rot's order (attachOrder), with links held by this process only.
+func (w *stepsWorld) attachCgroup(rot int) error {
+	w.detachCgroup()
+	types := map[string]ebpf.AttachType{hookConnect4: ebpf.AttachCGroupInet4Connect, hookSockops: ebpf.AttachCGroupSockOps}
+	for _, hook := range []string{hookConnect4, hookSockops} {
+		for _, name := range attachOrder(hook, rot) {
+			l, err := link.AttachCgroup(link.CgroupOptions{Path: w.cgroup, Attach: types[hook], Program: w.coll.Programs[name]})
+			if err != nil {
+				return fmt.Errorf("attach %s to %s: %w", name, w.cgroup, err)
+			}
+			w.links = append(w.links, l)
+		}
+	}
+	return nil
+}
+
+func (w *stepsWorld) detachCgroup() {
+	for _, l := range w.links {
+		l.Close()
+	}
+	w.links = nil
 }
 
 // counters is the step setup's state at one moment.
@@ -348,6 +377,9 @@ func (w *stepsWorld) snapshot() (counters, error) {
 // growth of every counter.
 func (w *stepsWorld) round(r, conns, parallel int) (stepRound, error) {
 	out := stepRound{Round: r, Progs: map[string]progStat{}}
+	if err := w.attachCgroup(r - 1); err != nil {
+		return out, err
+	}
 	before, err := w.snapshot()
 	if err != nil {
 		return out, err
@@ -504,7 +536,7 @@ func (res *stepsResults) markdown() string {
 	s := res.Settings
 	b.WriteString("## Where the time goes: BPF cost per step\n\n")
 	fmt.Fprintf(&b, "Step programs (tests/bench/bpf/steps.c), each doing one step of the datapath on the datapath's hook, attached together with an empty program "+
-		"first and last on each hook (the floor) to a private cgroup whose client and server make %d loopback connections per round (connect, 1 B echo, close; %d in parallel), "+
+		"first and last on each hook (the floor; the steps between them in an order rotated every round) to a private cgroup whose client and server make %d loopback connections per round (connect, 1 B echo, close; %d in parallel), "+
 		"%d rounds. Cost = run time above the floor (BPF_ENABLE_STATS) per execution of the step; medians, min–max over rounds in parentheses. "+
 		"Per proxied connection: how often the datapath takes the step for one app → sidecar → upstream connection (variants 4 and 5). "+
 		"Load average %s before, %s after.\n\n", s.Conns, s.ConnsParallel, len(res.Rounds), res.Before.LoadAvg, res.After.LoadAvg)

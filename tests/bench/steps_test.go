@@ -36,9 +36,14 @@ func TestStepsObjectNames(t *testing.T) {
 		}
 	}
 	for hook, f := range hookFloors {
-		progs := stepProgs[hook]
-		if progs[0] != f[0] || progs[len(progs)-1] != f[1] {
-			t.Errorf("%s: the floors %v are not first and last of %v", hook, f, progs)
+		for rot := range 7 {
+			progs := attachOrder(hook, rot)
+			if progs[0] != f[0] || progs[len(progs)-1] != f[1] {
+				t.Errorf("%s, round %d: the floors %v are not first and last of %v", hook, rot+1, f, progs)
+			}
+			if !slices.Equal(slices.Sorted(slices.Values(progs)), slices.Sorted(slices.Values(stepProgs[hook]))) {
+				t.Errorf("%s, round %d: attaches %v, not the hook's programs %v", hook, rot+1, progs, stepProgs[hook])
+			}
 		}
 	}
 	var objMaps []string
@@ -140,5 +145,42 @@ func TestStepsSmoke(t *testing.T) {
 		if !strings.Contains(md, "| "+d.Label+" |") {
 			t.Errorf("the report has no row for %s", d.Label)
 		}
+	}
+}
+
+// TestStepsReport checks the arithmetic on a made-up round: a step's cost
+// is its run time above the mean floor per execution, and the reference
+// table splits a datapath program into floor, steps and rest.
+func TestStepsReport(t *testing.T) {
+	const conns = 100
+	r := stepRound{Round: 1, Conns: conns, Progs: map[string]progStat{}}
+	for _, name := range stepProgs[hookConnect4] {
+		r.Progs[name] = progStat{runtime: 100 * conns, runs: conns} // 100 ns per call
+	}
+	r.Progs[stepProgC4EmptyLast] = progStat{runtime: 80 * conns, runs: conns} // floor: mean 90
+	r.Progs[stepProgBind] = progStat{runtime: 590 * conns, runs: conns}       // 500 above the floor
+	for _, name := range stepProgs[hookSockops] {
+		r.Progs[name] = progStat{runtime: 13 * 50 * conns, runs: 13 * conns} // 50 ns per call
+	}
+	for _, d := range stepDefs {
+		r.Done[d.Slot] = uint64(d.PerTestConn * conns)
+	}
+	res := &stepsResults{Settings: defaultSettings(), Rounds: []stepRound{r},
+		Reference: []progRow{{Variant: sockbridge, Program: "connect4_redirect",
+			PerUnit: summarize([]float64{2}), NsUnit: summarize([]float64{2000})}}}
+	var bind stepRow
+	for _, row := range res.stepRows() {
+		if row.Def.Key == "bind" {
+			bind = row
+		}
+	}
+	if bind.NsPerRun.median != 500 {
+		t.Errorf("bind: %v ns per execution, want 500", bind.NsPerRun.median)
+	}
+	md := res.markdown()
+	// connect4_redirect: 2 calls × 90 ns floor; steps: bind 500 + storage,
+	// generation and cache hit 10 each (×1, ×2, ×2) = 550; rest 2000-180-550.
+	if want := "| connect4_redirect | 2.00 | 2000 | 180 | 550 | 1270 |"; !strings.Contains(md, want) {
+		t.Errorf("report lacks %q:\n%s", want, md)
 	}
 }
