@@ -16,7 +16,8 @@
 // is for. cost.go reports the cost per connection and per message.
 //
 // It writes results.md, samples.csv, summary.csv, bpf.csv, cost.csv and
-// chart.png to -out and prints the markdown. -smoke runs one tiny round and only checks
+// chart.png to -out and prints the markdown, and the per-step section
+// (steps.go, -steps) steps.md and steps.csv. -smoke runs one tiny round and only checks
 // that every variant moved its bytes intact. docs/benchmark.md describes
 // the method. Root only; everything it creates is removed on exit, on
 // failure and on SIGINT/SIGTERM.
