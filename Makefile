@@ -5,13 +5,14 @@ CLANG ?= clang-19
 STRIP ?= llvm-strip-19
 CLANG_FORMAT ?= clang-format-19
 BIN := bin
-GENERATE_PKGS := ./pkg/datapath/... ./pkg/probe/... ./tests/coexist/...
-BPF_SOURCES := $(wildcard bpf/*.c bpf/lib/*.h tests/coexist/bpf/*.c)
+GENERATE_PKGS := ./pkg/datapath/... ./pkg/probe/... ./tests/coexist/... ./tests/bench/...
+BPF_SOURCES := $(wildcard bpf/*.c bpf/lib/*.h tests/coexist/bpf/*.c tests/bench/bpf/*.c)
 # BPF C the format and lint targets check (bpf/include is copied in, never edited).
-BPF_C := 'bpf/*.c' 'bpf/lib/*.h' 'tests/coexist/bpf/*.c'
+BPF_C := 'bpf/*.c' 'bpf/lib/*.h' 'tests/coexist/bpf/*.c' 'tests/bench/bpf/*.c'
 # What make generate writes: bpf2go's bindings and objects (hand-written Go
 # in the same packages is not its business), in pkg/ and for the test-only
-# objects (tests/coexist: the stand-in socket LB).
+# objects (tests/coexist: the stand-in socket LB; tests/bench: the step
+# programs of the cost breakdown).
 GENERATED := ':(glob)pkg/**/*_bpfel.go' ':(glob)pkg/**/*_bpfel.o' ':(glob)pkg/**/*.o' \
 	':(glob)tests/**/*_bpfel.go' ':(glob)tests/**/*_bpfel.o'
 

@@ -29,6 +29,8 @@ type settings struct {
 	Variants      []int
 	Sbpeer        string // prebuilt sbpeer; "" builds it
 	DNS           bool   // run the DNS row too (dns.go)
+	Steps         bool   // run the per-step cost section too (steps.go)
+	StepsOnly     bool   // run only the per-step cost section
 	Command       string // how the run was started, for the report
 }
 

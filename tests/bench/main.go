@@ -16,7 +16,8 @@
 // is for. cost.go reports the cost per connection and per message.
 //
 // It writes results.md, samples.csv, summary.csv, bpf.csv, cost.csv and
-// chart.png to -out and prints the markdown. -smoke runs one tiny round and only checks
+// chart.png to -out and prints the markdown, and the per-step section
+// (steps.go, -steps) steps.md and steps.csv. -smoke runs one tiny round and only checks
 // that every variant moved its bytes intact. docs/benchmark.md describes
 // the method. Root only; everything it creates is removed on exit, on
 // failure and on SIGINT/SIGTERM.
@@ -65,6 +66,8 @@ func parseFlags(args []string) (settings, error) {
 	variants := fs.String("variants", "1,2,3,4,5", "variants to run, comma-separated")
 	fs.StringVar(&s.Sbpeer, "sbpeer", "", "prebuilt sbpeer binary (default: go build ./tests/sbpeer)")
 	fs.BoolVar(&s.DNS, "dns", true, "also run the DNS row (dns.go): sockbridge's DNS capture against istio-iptables' DNS rules")
+	fs.BoolVar(&s.Steps, "steps", true, "also run the per-step cost section (steps.go): where the BPF time of a proxied connection goes")
+	fs.BoolVar(&s.StepsOnly, "steps-only", false, "run only the per-step cost section")
 	if err := fs.Parse(args); err != nil {
 		return s, err
 	}
@@ -119,6 +122,9 @@ func run(t *programTB, s settings) error {
 	if err := preflight(s); err != nil {
 		return err
 	}
+	if s.StepsOnly {
+		return runStepsSection(t, s, nil)
+	}
 	res := runBench(t, s)
 	if err := res.writeFiles(s.Out); err != nil {
 		return err
@@ -133,11 +139,15 @@ func run(t *programTB, s settings) error {
 		fmt.Print(dns.markdown())
 		failures += len(dns.Failures)
 	}
+	var stepsErr error
+	if s.Steps {
+		stepsErr = runStepsSection(t, s, res.breakdown("conns"))
+	}
 	t.Logf("results in %s (results.md, samples.csv, summary.csv, bpf.csv, cost.csv, chart.png, iptables-nat.rules, dns.csv, iptables-dns.rules)", s.Out)
 	if failures > 0 {
-		return fmt.Errorf("%d workload run(s) failed (listed under Failures)", failures)
+		return errors.Join(fmt.Errorf("%d workload run(s) failed (listed under Failures)", failures), stepsErr)
 	}
-	return nil
+	return stepsErr
 }
 
 // preflight fails early, with every missing piece named, instead of
