@@ -92,6 +92,8 @@ var rowMetrics = []metric{
 	{"rr64_p50_us", "64 B request/response p50", "µs", false},
 	{"rr64_p99_us", "64 B request/response p99", "µs", false},
 	{"ct_per_conn", "conntrack entries per connection", "", false},
+	{"out_noroutes", "unroutable packets per connection-rate run", "", false},
+	{"lastack_left", "sockets left in LAST-ACK after it", "", false},
 }
 
 // rowWorkload runs once against one variant and returns its metrics and
@@ -174,12 +176,47 @@ func (b *rowBench) runOne(wl rowWorkload, v *rowVariant) {
 // conns opens Conns connections, ConnsParallel at a time. A failed
 // connection fails the run; the namespaces' TCP counters and sockets are
 // kept for the report.
+//
+// It also counts, in the variant's namespaces, the packets the kernel
+// could not route (Ip6OutNoRoutes and IpOutNoRoutes) during the run and the
+// sockets still in LAST-ACK a moment after it: the traces of a connection
+// whose close was never acknowledged (docs/benchmark.md, "Caveats").
 func (b *rowBench) conns(v *rowVariant) (map[string]float64, int, error) {
+	before := map[*testutil.Netns]map[string]uint64{}
+	for _, ns := range v.diagNS {
+		before[ns] = nstat(ns)
+	}
 	r, err := b.runConns(v, b.s.Conns, b.s.ConnsParallel)
 	if err != nil {
 		return nil, 0, err
 	}
-	return map[string]float64{"conn_per_s": r.PerSec, "conn_p99_ms": r.P99Ms}, int(r.OK), nil
+	time.Sleep(300 * time.Millisecond) // ordinary closes finish in microseconds
+	var noroutes uint64
+	lastAck := 0
+	for _, ns := range v.diagNS {
+		after := nstat(ns)
+		for _, k := range []string{"Ip6OutNoRoutes", "IpOutNoRoutes"} {
+			noroutes += after[k] - before[ns][k]
+		}
+		lastAck += lastAckSockets(ns)
+	}
+	return map[string]float64{"conn_per_s": r.PerSec, "conn_p99_ms": r.P99Ms,
+		"out_noroutes": float64(noroutes), "lastack_left": float64(lastAck)}, int(r.OK), nil
+}
+
+// lastAckSockets counts the namespace's TCP sockets in LAST-ACK.
+func lastAckSockets(ns *testutil.Netns) int {
+	out, err := exec.Command("nsenter", "--net="+ns.Path(), "--", "ss", "-Htan", "state", "last-ack").Output()
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.TrimSpace(l) != "" {
+			n++
+		}
+	}
+	return n
 }
 
 // runConns runs `sbpeer conns` and accounts for every connection.
