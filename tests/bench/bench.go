@@ -31,6 +31,9 @@ type settings struct {
 	DNS           bool   // run the DNS row too (dns.go)
 	Steps         bool   // run the per-step cost section too (steps.go)
 	StepsOnly     bool   // run only the per-step cost section
+	IPv6          bool   // run the IPv6 row too (ipv6.go)
+	Inbound       bool   // run the inbound row too (inbound.go)
+	Main          bool   // run the five-variant table (off: only the rows)
 	Command       string // how the run was started, for the report
 }
 
@@ -39,6 +42,7 @@ func defaultSettings() settings {
 		Rounds: 3, Out: "bench-results", Duration: 3 * time.Second, ReqMax: 1_000_000,
 		BulkBytes: 1 << 30, Conns: 3000, ConnsParallel: 4, CTConns: 500,
 		Variants: []int{direct, explicit, iptables, sockbridge, splice},
+		IPv6:     true, Inbound: true, Main: true,
 	}
 }
 

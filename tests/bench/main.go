@@ -68,6 +68,9 @@ func parseFlags(args []string) (settings, error) {
 	fs.BoolVar(&s.DNS, "dns", true, "also run the DNS row (dns.go): sockbridge's DNS capture against istio-iptables' DNS rules")
 	fs.BoolVar(&s.Steps, "steps", true, "also run the per-step cost section (steps.go): where the BPF time of a proxied connection goes")
 	fs.BoolVar(&s.StepsOnly, "steps-only", false, "run only the per-step cost section")
+	fs.BoolVar(&s.IPv6, "ipv6", s.IPv6, "also run the IPv6 row (ipv6.go): sockbridge against ip6tables REDIRECT")
+	fs.BoolVar(&s.Inbound, "inbound", s.Inbound, "also run the inbound row (inbound.go): sockbridge's sk_lookup against Istio's inbound REDIRECT")
+	fs.BoolVar(&s.Main, "main", s.Main, "run the five-variant table; -main=false runs only the rows")
 	if err := fs.Parse(args); err != nil {
 		return s, err
 	}
@@ -125,12 +128,19 @@ func run(t *programTB, s settings) error {
 	if s.StepsOnly {
 		return runStepsSection(t, s, nil)
 	}
-	res := runBench(t, s)
-	if err := res.writeFiles(s.Out); err != nil {
+	failures := 0
+	var ref []progRow
+	if s.Main {
+		res := runBench(t, s)
+		if err := res.writeFiles(s.Out); err != nil {
+			return err
+		}
+		fmt.Print(res.markdown())
+		failures += len(res.Failures)
+		ref = res.breakdown("conns")
+	} else if err := startRowsOnly(s); err != nil {
 		return err
 	}
-	fmt.Print(res.markdown())
-	failures := len(res.Failures)
 	if s.DNS {
 		dns := runDNSBench(t, s)
 		if err := dns.writeFiles(s.Out); err != nil {
@@ -139,11 +149,25 @@ func run(t *programTB, s settings) error {
 		fmt.Print(dns.markdown())
 		failures += len(dns.Failures)
 	}
+	for _, row := range []struct {
+		on  bool
+		run func(testutil.TB, settings) *rowResults
+	}{{s.IPv6, runIPv6Bench}, {s.Inbound, runInboundBench}} {
+		if !row.on {
+			continue
+		}
+		res := row.run(t, s)
+		if err := res.writeFiles(s.Out); err != nil {
+			return err
+		}
+		fmt.Print(res.markdown())
+		failures += len(res.Failures)
+	}
 	var stepsErr error
 	if s.Steps {
-		stepsErr = runStepsSection(t, s, res.breakdown("conns"))
+		stepsErr = runStepsSection(t, s, ref)
 	}
-	t.Logf("results in %s (results.md, samples.csv, summary.csv, bpf.csv, cost.csv, chart.png, iptables-nat.rules, dns.csv, iptables-dns.rules)", s.Out)
+	t.Logf("results in %s (results.md, samples.csv, summary.csv, bpf.csv, cost.csv, chart.png, iptables-nat.rules, dns.csv, iptables-dns.rules, ipv6.csv, ipv6.rules, inbound.csv, inbound.rules, steps.csv, steps.md)", s.Out)
 	if failures > 0 {
 		return errors.Join(fmt.Errorf("%d workload run(s) failed (listed under Failures)", failures), stepsErr)
 	}
@@ -158,6 +182,7 @@ func preflight(s settings) error {
 		missing = append(missing, "root")
 	}
 	tools := append([]string{"ip", "nsenter"}, requiredTools...)
+	tools = append(tools, rowTools(s)...)
 	if s.Sbpeer == "" {
 		tools = append(tools, "go")
 	}
