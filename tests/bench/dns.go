@@ -91,18 +91,7 @@ func runDNSBench(t testutil.TB, s settings) *dnsResults {
 	ip := func(i byte) netip.Addr { return netip.AddrFrom4([4]byte{10, 250, 5, i}) }
 
 	sbAttach := testutil.Cgroup(t, root, "sb-attach")
-	cfg := datapath.IstioDefaults()
-	cfg.CgroupPath, cfg.PinDir = sbAttach, testutil.PinDir(t)
-	t.Cleanup(func() {
-		if err := datapath.Uninstall(cfg.PinDir); err != nil {
-			t.Logf("uninstall datapath %s: %v", cfg.PinDir, err)
-		}
-	})
-	dp, err := datapath.Load(cfg)
-	if err != nil {
-		t.Fatalf("load datapath: %v", err)
-	}
-	t.Cleanup(func() { dp.Close() })
+	dp := loadRowDatapath(t, sbAttach, false)
 
 	plain := testutil.Cgroup(t, root, "plain")
 	pods := []*dnsPod{

@@ -88,13 +88,8 @@ func (b *bench) meshReqResp(label string, size int) func(v *variant) (map[string
 		var r peer.ReqResp
 		err = b.sbpeer(v, &r, b.s.Duration+time.Minute, "reqresp", "-addr", v.mesh.addr,
 			"-size", strconv.Itoa(size), "-n", strconv.Itoa(b.s.ReqMax), "-duration", b.s.Duration.String())
-		switch {
-		case err != nil:
+		if err := reqRespOK(r, err); err != nil {
 			return nil, 0, err
-		case !r.Intact:
-			return nil, 0, fmt.Errorf("responses not intact after %d requests: %s", r.Requests, r.FirstErr)
-		case r.Requests == 0:
-			return nil, 0, errors.New("no request completed")
 		}
 		progs := b.progDelta(v, start)
 		if ap, err := netip.ParseAddrPort(r.ServerSaw); err != nil || ap.Addr() != passthroughSource {

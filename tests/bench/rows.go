@@ -248,13 +248,8 @@ func (b *rowBench) reqresp(v *rowVariant) (map[string]float64, int, error) {
 	var r peer.ReqResp
 	err := b.run(v, &r, b.s.Duration+time.Minute, "reqresp", "-addr", v.addr,
 		"-size", "64", "-n", strconv.Itoa(b.s.ReqMax), "-duration", b.s.Duration.String())
-	switch {
-	case err != nil:
+	if err := reqRespOK(r, err); err != nil {
 		return nil, 0, err
-	case !r.Intact:
-		return nil, 0, fmt.Errorf("responses not intact after %d requests: %s", r.Requests, r.FirstErr)
-	case r.Requests == 0:
-		return nil, 0, errors.New("no request completed")
 	}
 	if ap, err := netip.ParseAddrPort(r.ServerSaw); err != nil || ap.Addr() != v.source {
 		return nil, 0, fmt.Errorf("the server saw source %q, want %s", r.ServerSaw, v.source)

@@ -75,18 +75,27 @@ func (b *bench) workloads() []workload {
 	return wls
 }
 
+// reqRespOK is nil when a request/response run of sbpeer completed with
+// every response intact.
+func reqRespOK(r peer.ReqResp, err error) error {
+	switch {
+	case err != nil:
+		return err
+	case !r.Intact:
+		return fmt.Errorf("responses not intact after %d requests: %s", r.Requests, r.FirstErr)
+	case r.Requests == 0:
+		return errors.New("no request completed")
+	}
+	return nil
+}
+
 func (b *bench) reqresp(label string, size int) func(v *variant) (map[string]float64, int, error) {
 	return func(v *variant) (map[string]float64, int, error) {
 		var r peer.ReqResp
 		err := b.sbpeer(v, &r, b.s.Duration+time.Minute, "reqresp", "-addr", v.echoAddr,
 			"-size", strconv.Itoa(size), "-n", strconv.Itoa(b.s.ReqMax), "-duration", b.s.Duration.String())
-		switch {
-		case err != nil:
+		if err := reqRespOK(r, err); err != nil {
 			return nil, 0, err
-		case !r.Intact:
-			return nil, 0, fmt.Errorf("responses not intact after %d requests: %s", r.Requests, r.FirstErr)
-		case r.Requests == 0:
-			return nil, 0, errors.New("no request completed")
 		}
 		if err := b.checkSource(v, r.ServerSaw); err != nil {
 			return nil, 0, err
