@@ -29,6 +29,7 @@ type settings struct {
 	Variants      []int
 	Sbpeer        string // prebuilt sbpeer; "" builds it
 	DNS           bool   // run the DNS row too (dns.go)
+	Scaling       bool   // run the scaling benchmark too (scaling.go)
 	Command       string // how the run was started, for the report
 }
 
