@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/sockbridge/sockbridge/internal/testutil"
 	"github.com/sockbridge/sockbridge/pkg/datapath"
@@ -53,10 +54,10 @@ type scaleSettings struct {
 
 func scalingSettings(s settings) scaleSettings {
 	if s.Smoke {
-		return scaleSettings{Rounds: 1, Pods: []int{2, 10}, Rules: []int{0, 20, maxScaleRules},
+		return scaleSettings{Rounds: 1, Pods: []int{2, 10}, Rules: []int{0, 2, 20, maxScaleRules},
 			Sockets: []int{0, 100}, Unmapped: 100, Conns: 50, Duration: 300 * time.Millisecond}
 	}
-	return scaleSettings{Rounds: s.Rounds, Pods: []int{2, 100, 1000, 4000}, Rules: []int{0, 100, maxScaleRules},
+	return scaleSettings{Rounds: s.Rounds, Pods: []int{2, 100, 1000, 4000}, Rules: []int{0, 2, 100, maxScaleRules},
 		Sockets: []int{0, 10_000, 100_000}, Unmapped: 100_000, Conns: 2000, Duration: 2 * time.Second}
 }
 
@@ -365,8 +366,12 @@ func (sc *scaler) fillRules(n int, c *scaleCheck) (func() error, error) {
 	return restore, nil
 }
 
-// fillSockets starts sbpeer sockfill holding p.N sockets, in the sockhash
-// unless p is the control point.
+// fillSockets starts sbpeer sockfill processes holding p.N sockets in
+// all, in the sockhash unless p is the control point. One process holds
+// at most what RLIMIT_NOFILE's hard limit lets it open (raising it takes
+// CAP_SYS_RESOURCE, which a container may not have), so the sockets are
+// spread over as many as it takes, each with listening addresses of its
+// own.
 func (sc *scaler) fillSockets(p scalePoint, c *scaleCheck) (func() error, error) {
 	c.Want = c.Baseline
 	if !p.Unmapped {
@@ -382,26 +387,56 @@ func (sc *scaler) fillSockets(p scalePoint, c *scaleCheck) (func() error, error)
 		sc.fillNs.Sysctl(sc.t, "net.ipv4.ip_local_port_range", "1024 65000")
 		sc.fillCg = testutil.Cgroup(sc.t, w.root, "fill")
 	}
-	args := []string{sc.b.w.sbpeer, "sockfill", "-n", strconv.Itoa(p.N), "-listeners", strconv.Itoa(max(1, p.N/40_000+1))}
-	if !p.Unmapped {
-		args = append(args, "-pin", datapath.MapDir(sc.v.pinDir)+"/sb_sockhash")
+	per, err := socketsPerProcess()
+	if err != nil {
+		return nil, err
 	}
-	proc := testutil.Start(sc.t, testutil.ProcSpec{Netns: sc.fillNs, Cgroup: sc.fillCg, Args: args})
-	if !proc.WaitOutput("\"sockets\"", 3*time.Minute) {
-		proc.Stop()
-		return nil, fmt.Errorf("sockfill did not get ready: %s", proc.Output())
+	var procs []*testutil.Proc
+	teardown := func() error {
+		for _, proc := range procs {
+			proc.Stop()
+		}
+		return nil
 	}
-	var fill peer.SockFill
-	if err := json.Unmarshal([]byte(strings.TrimSpace(proc.Output())), &fill); err != nil {
-		proc.Stop()
-		return nil, fmt.Errorf("decode sockfill output %q: %w", proc.Output(), err)
+	for left, block := p.N, 1; left > 0; block++ {
+		n := min(left, per)
+		left -= n
+		args := []string{sc.b.w.sbpeer, "sockfill", "-n", strconv.Itoa(n), "-listeners", "1", "-block", strconv.Itoa(block)}
+		if !p.Unmapped {
+			args = append(args, "-pin", datapath.MapDir(sc.v.pinDir)+"/sb_sockhash")
+		}
+		procs = append(procs, testutil.Start(sc.t, testutil.ProcSpec{Netns: sc.fillNs, Cgroup: sc.fillCg, Args: args}))
 	}
-	c.HelperSockets, c.HelperInserts = fill.Sockets, fill.Inserted
-	teardown := func() error { proc.Stop(); return nil }
-	if wantIns := c.Want - c.Baseline; fill.Sockets != p.N || fill.Inserted != wantIns {
-		return teardown, fmt.Errorf("sockfill holds %d sockets, %d in the sockhash; want %d, %d", fill.Sockets, fill.Inserted, p.N, wantIns)
+	for _, proc := range procs {
+		if !proc.WaitOutput("\"sockets\"", 3*time.Minute) {
+			return teardown, fmt.Errorf("sockfill did not get ready: %s", proc.Output())
+		}
+		var fill peer.SockFill
+		if err := json.Unmarshal([]byte(strings.TrimSpace(proc.Output())), &fill); err != nil {
+			return teardown, fmt.Errorf("decode sockfill output %q: %w", proc.Output(), err)
+		}
+		c.HelperSockets += fill.Sockets
+		c.HelperInserts += fill.Inserted
+	}
+	if wantIns := c.Want - c.Baseline; c.HelperSockets != p.N || c.HelperInserts != wantIns {
+		return teardown, fmt.Errorf("sockfill holds %d sockets, %d in the sockhash; want %d, %d", c.HelperSockets, c.HelperInserts, p.N, wantIns)
 	}
 	return teardown, nil
+}
+
+// socketsPerProcess is how many sockets one sockfill may hold: an even
+// number below the hard RLIMIT_NOFILE it inherits, with room for the
+// runtime's own files.
+func socketsPerProcess() (int, error) {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, fmt.Errorf("read RLIMIT_NOFILE: %w", err)
+	}
+	per := int(min(lim.Max, 1<<20)) - 512
+	if per < 2 {
+		return 0, fmt.Errorf("RLIMIT_NOFILE hard limit %d leaves no room for sockets", lim.Max)
+	}
+	return per &^ 1, nil
 }
 
 // measure runs the connection and splice workloads once and returns their

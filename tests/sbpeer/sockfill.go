@@ -27,13 +27,14 @@ import (
 func sockfill(args []string) error {
 	fs := flag.NewFlagSet("sockfill", flag.ExitOnError)
 	n := fs.Int("n", 1000, "sockets (two per connection)")
-	listeners := fs.Int("listeners", 4, "listening addresses, 127.0.0.1 upwards, port 20001")
+	listeners := fs.Int("listeners", 4, "listening addresses, 127.<block>.0.1 upwards, port 20001")
+	block := fs.Int("block", 0, "second byte of the listening addresses: a different one for each sockfill running at once")
 	pin := fs.String("pin", "", "pinned sockhash to put every socket in; \"\" keeps them out of any map")
 	fs.Parse(args)
-	if *n < 0 || *n%2 != 0 || *listeners < 1 || *listeners > 250 {
-		return fmt.Errorf("-n must be even and non-negative, -listeners 1 to 250")
+	if *n < 0 || *n%2 != 0 || *listeners < 1 || *listeners > 250 || *block < 0 || *block > 255 {
+		return fmt.Errorf("-n must be even and non-negative, -listeners 1 to 250, -block 0 to 255")
 	}
-	if err := raiseNofile(uint64(*n + *listeners + 256)); err != nil {
+	if err := raiseNofile(uint64(*n + *listeners + 64)); err != nil {
 		return err
 	}
 	start := time.Now()
@@ -48,7 +49,7 @@ func sockfill(args []string) error {
 	lfds := make([]int, *listeners)
 	addrs := make([]netip.AddrPort, *listeners)
 	for i := range lfds {
-		addrs[i] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, byte(1 + i)}), 20001)
+		addrs[i] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, byte(*block), 0, byte(1 + i)}), 20001)
 		fd, err := tcpSocket()
 		if err != nil {
 			return err
@@ -113,8 +114,9 @@ func sockaddr4(ap netip.AddrPort) *unix.SockaddrInet4 {
 	return &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
 }
 
-// raiseNofile lifts RLIMIT_NOFILE to at least n (root may raise the hard
-// limit up to fs.nr_open).
+// raiseNofile lifts the soft RLIMIT_NOFILE to at least n; the hard limit
+// can only be raised with CAP_SYS_RESOURCE, so beyond it the caller must
+// spread its sockets over several processes.
 func raiseNofile(n uint64) error {
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
@@ -128,7 +130,7 @@ func raiseNofile(n uint64) error {
 		lim.Max = n
 	}
 	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return fmt.Errorf("raise RLIMIT_NOFILE to %d: %w", n, err)
+		return fmt.Errorf("raise RLIMIT_NOFILE to %d (without CAP_SYS_RESOURCE, at most the hard limit): %w", n, err)
 	}
 	return nil
 }
