@@ -83,12 +83,17 @@ type scalePoint struct {
 	// Unmapped is the sockets axis' control point: N sockets held, in no
 	// map.
 	Unmapped bool
+	// Far is the rules axis' point with IPv4 ranges far from the
+	// destinations (scaleRules).
+	Far bool
 }
 
 func (p scalePoint) String() string {
 	switch {
 	case p.Unmapped:
 		return fmt.Sprintf("%d in no map", p.N)
+	case p.Far:
+		return fmt.Sprintf("%d, ranges far away", p.N)
 	case p.Axis == axisPods && p.N == realPods:
 		return fmt.Sprintf("%d (the real ones)", p.N)
 	}
@@ -108,6 +113,9 @@ func (ss scaleSettings) points() [][]scalePoint {
 		}
 		if a.name == axisSockets && ss.Unmapped > 0 {
 			ps = append(ps, scalePoint{Axis: a.name, N: ss.Unmapped, Unmapped: true})
+		}
+		if a.name == axisRules && len(a.ns) > 0 {
+			ps = append(ps, scalePoint{Axis: a.name, N: slices.Max(a.ns), Far: true})
 		}
 		axes = append(axes, ps)
 	}
@@ -317,7 +325,7 @@ func (sc *scaler) fill(p scalePoint, c *scaleCheck) (func() error, error) {
 	case axisPods:
 		return sc.fillPods(p.N, c)
 	case axisRules:
-		return sc.fillRules(p.N, c)
+		return sc.fillRules(p, c)
 	default:
 		return sc.fillSockets(p, c)
 	}
@@ -348,14 +356,15 @@ func (sc *scaler) fillPods(n int, c *scaleCheck) (func() error, error) {
 	return teardown, nil
 }
 
-// fillRules gives the client pod n rules beyond its fixed ones.
-func (sc *scaler) fillRules(n int, c *scaleCheck) (func() error, error) {
+// fillRules gives the client pod p.N rules beyond its fixed ones.
+func (sc *scaler) fillRules(p scalePoint, c *scaleCheck) (func() error, error) {
+	n := p.N
 	pod := meshedPod(sc.v.pod.id, sc.v.pod.ns.Addr)
 	restore := func() error { return sc.v.dp.UpsertPod(pod) }
 	targets := []netip.Addr{serverIP, sc.v.mesh.pod.ns.Addr}
 	withRules := pod
 	var err error
-	withRules.Outbound, withRules.Inbound, err = scaleRules(n, targets, []uint16{echoPort, sinkPort, 15001, 15006})
+	withRules.Outbound, withRules.Inbound, err = scaleRules(n, targets, []uint16{echoPort, sinkPort, 15001, 15006}, p.Far)
 	if err != nil {
 		return nil, err
 	}

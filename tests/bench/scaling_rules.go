@@ -38,8 +38,11 @@ const maxScaleRules = 4*policy.MaxPorts + 4*policy.MaxCIDRs - 4
 // target walk deep (siblings along each target's path: prefixes that share
 // ever longer beginnings with it without containing it), and they fill
 // first since they are the lists connect4 walks for an IPv4 destination;
-// the port lists and the IPv6 ranges take the rest.
-func scaleRules(n int, targets []netip.Addr, dialPorts []uint16) (policy.Outbound, policy.Inbound, error) {
+// the port lists and the IPv6 ranges take the rest. With far, the IPv4
+// ranges beyond the targets' own /32s are /24s in 172.16.0.0/12 instead,
+// away from every target, as a typical exclude list is: the lookup of a
+// target leaves them at the trie's top.
+func scaleRules(n int, targets []netip.Addr, dialPorts []uint16, far bool) (policy.Outbound, policy.Inbound, error) {
 	out, in := policy.CaptureAll()
 	in.ExcludePorts = slices.Clone(fixedInboundExcludes)
 	if n == 0 {
@@ -88,6 +91,9 @@ func scaleRules(n int, targets []netip.Addr, dialPorts []uint16) (policy.Outboun
 		}
 	}
 	near := nearPrefixes(targets)
+	if far {
+		near = farPrefixes()
+	}
 	if len(near) < count[excl4] || len(near) < count[incl4]-len(targets) {
 		return out, in, fmt.Errorf("only %d IPv4 ranges near the targets", len(near))
 	}
@@ -157,6 +163,15 @@ func nearPrefixes(targets []netip.Addr) []netip.Prefix {
 		for a := targets[0].Next(); len(out) < 2*policy.MaxCIDRs && a.Is4(); a = a.Next() {
 			add(netip.PrefixFrom(a, 32))
 		}
+	}
+	return out
+}
+
+// farPrefixes are 2 × MaxCIDRs distinct /24s in 172.16.0.0/12.
+func farPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for i := 0; i < 2*policy.MaxCIDRs; i++ {
+		out = append(out, netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16 + byte(i>>8), byte(i), 0}), 24))
 	}
 	return out
 }

@@ -76,8 +76,12 @@ func TestScalingBenchSmoke(t *testing.T) {
 func TestScaleRules(t *testing.T) {
 	targets := []netip.Addr{netip.MustParseAddr("10.250.0.1"), netip.MustParseAddr("10.250.0.41")}
 	dial := []uint16{8080, 8081, 15001, 15006}
-	for _, n := range []int{0, 2, 20, 100, 300, maxScaleRules} {
-		out, in, err := scaleRules(n, targets, dial)
+	for _, tc := range []struct {
+		n   int
+		far bool
+	}{{0, false}, {2, false}, {20, false}, {100, false}, {300, false}, {maxScaleRules, false}, {100, true}, {maxScaleRules, true}} {
+		n := tc.n
+		out, in, err := scaleRules(n, targets, dial, tc.far)
 		if err != nil {
 			t.Fatalf("%d rules: %v", n, err)
 		}
@@ -134,7 +138,15 @@ func TestScaleRules(t *testing.T) {
 				t.Errorf("%d rules: target %s in no include range", n, a)
 			}
 		}
-		if n >= 100 {
+		if tc.far {
+			far := netip.MustParsePrefix("172.16.0.0/12")
+			for _, pfx := range append(slices.Clone(out.ExcludeCIDRs), out.IncludeCIDRs...) {
+				if !far.Contains(pfx.Addr()) && !slices.Contains(targets, pfx.Addr()) {
+					t.Errorf("%d rules far away: range %s near the targets", n, pfx)
+				}
+			}
+		}
+		if n >= 100 && !tc.far {
 			// Half the IPv4 tries' entries at least share 24 bits or
 			// more with a target: the lookup walks past them.
 			deep := 0
@@ -148,10 +160,10 @@ func TestScaleRules(t *testing.T) {
 			}
 		}
 	}
-	if _, _, err := scaleRules(maxScaleRules+1, targets, dial); err == nil {
+	if _, _, err := scaleRules(maxScaleRules+1, targets, dial, false); err == nil {
 		t.Errorf("%d rules accepted: more than every list full", maxScaleRules+1)
 	}
-	if _, _, err := scaleRules(1, targets, dial); err == nil {
+	if _, _, err := scaleRules(1, targets, dial, false); err == nil {
 		t.Errorf("1 rule accepted: the include ranges cannot hold both targets")
 	}
 }
