@@ -83,8 +83,8 @@ type scalePoint struct {
 	// Unmapped is the sockets axis' control point: N sockets held, in no
 	// map.
 	Unmapped bool
-	// Far is the rules axis' point with IPv4 ranges far from the
-	// destinations (scaleRules).
+	// Far is the rules axis' control point: as many rules, with the IPv4
+	// ranges far from the destinations (scaleRules).
 	Far bool
 }
 
@@ -93,7 +93,7 @@ func (p scalePoint) String() string {
 	case p.Unmapped:
 		return fmt.Sprintf("%d in no map", p.N)
 	case p.Far:
-		return fmt.Sprintf("%d, ranges far away", p.N)
+		return fmt.Sprintf("%d far", p.N)
 	case p.Axis == axisPods && p.N == realPods:
 		return fmt.Sprintf("%d (the real ones)", p.N)
 	}
@@ -158,7 +158,7 @@ var scaleMetrics = []metric{
 	{"connect4_ns", "connect4 BPF per call", "ns", false},
 	{"connect_p50_us", "connect p50", "µs", false},
 	{"connect_p99_us", "connect p99", "µs", false},
-	{"splice64_p50_us", "64 B req/resp p50, spliced sidecar to sidecar", "µs", false},
+	{"splice64_p50_us", "64 B req/resp p50, spliced", "µs", false},
 }
 
 // scaler runs the scaling benchmark in its world.

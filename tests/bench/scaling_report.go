@@ -202,23 +202,31 @@ func (r *scaleResults) panel(axis []scalePoint, m metric) (*plot.Plot, error) {
 	p := plot.New()
 	title := m.label
 	if len(axis) > 0 {
-		title = axisTitles[axis[0].Axis] + ": " + m.label
+		title = axisTitles[axis[0].Axis] + "\n" + m.label
 	}
 	p.Title.Text = title
 	p.Y.Label.Text = m.unit
 	p.Y.Min = 0
 	var names []string
-	var b bars
+	var b, curve bars
 	for _, pt := range axis {
 		names = append(names, pt.String())
 		st := r.stat(pt, m.key)
 		b.median = append(b.median, st.median)
 		b.low = append(b.low, st.median-st.min)
 		b.high = append(b.high, st.max-st.median)
+		if !pt.Unmapped && !pt.Far {
+			curve.median = append(curve.median, st.median)
+		}
 	}
-	line, points, err := plotter.NewLinePoints(b)
+	// The line joins the axis' points; a control point stands alone.
+	line, err := plotter.NewLine(curve)
 	if err != nil {
 		return nil, fmt.Errorf("line %s: %w", m.key, err)
+	}
+	points, err := plotter.NewScatter(b)
+	if err != nil {
+		return nil, fmt.Errorf("points %s: %w", m.key, err)
 	}
 	line.Color = color.RGBA{R: 70, G: 120, B: 180, A: 255}
 	points.Color = line.Color
