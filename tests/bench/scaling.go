@@ -267,7 +267,7 @@ func (sc *scaler) point(r int, p scalePoint) {
 		return
 	}
 	var parts []string
-	for _, m := range scaleMetrics {
+	for _, m := range append(scaleMetrics, metric{key: "connect4_calls_per_conn"}) {
 		if x, ok := vals[m.key]; ok {
 			sc.res.Samples = append(sc.res.Samples, scaleSample{Round: r, Point: p, Metric: m.key, Value: x})
 			parts = append(parts, fmt.Sprintf("%s=%.4g", m.key, x))
@@ -485,9 +485,12 @@ func (sc *scaler) measure() (map[string]float64, error) {
 		return nil, errors.New("connect4 did not run")
 	}
 	vals := map[string]float64{
-		"connect4_ns":    float64(ns.Nanoseconds()) / float64(runs),
-		"connect_p50_us": r.P50Ms * 1000,
-		"connect_p99_us": r.P99Ms * 1000,
+		"connect4_ns": float64(ns.Nanoseconds()) / float64(runs),
+		// In scaling.csv only: how many of those calls one connection
+		// makes (the app's and the sidecar's upstream connect).
+		"connect4_calls_per_conn": float64(runs) / float64(r.OK),
+		"connect_p50_us":          r.P50Ms * 1000,
+		"connect_p99_us":          r.P99Ms * 1000,
 	}
 	redirected, err := spliceRedirected(v)
 	if err != nil {

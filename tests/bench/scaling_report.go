@@ -68,6 +68,11 @@ func (r *scaleResults) markdown() string {
 		"connect4: BPF run time per call over %d sequential connections through the sidecar (the app's connect and the sidecar's upstream connect); "+
 		"connect p50/p99: those connections' connect(); splice: `sbpeer reqresp -size 64` for %s, client app → client sidecar → spliced → server sidecar → server app.\n\n",
 		ss.Rounds, ss.Conns, ss.Duration)
+	if axes := ss.points(); len(axes) > 0 && len(axes[0]) > 0 {
+		if st := r.stat(axes[0][0], "connect4_calls_per_conn"); st.n > 0 {
+			fmt.Fprintf(&b, "connect4 runs %s times per connection (the app's connect and the sidecar's upstream connect).\n\n", st)
+		}
+	}
 	for _, axis := range ss.points() {
 		if len(axis) == 0 {
 			continue
