@@ -34,6 +34,7 @@ type settings struct {
 	IPv6          bool   // run the IPv6 row too (ipv6.go)
 	Inbound       bool   // run the inbound row too (inbound.go)
 	Main          bool   // run the five-variant table (off: only the rows)
+	Scaling       bool   // run the scaling benchmark too (scaling.go)
 	Command       string // how the run was started, for the report
 }
 

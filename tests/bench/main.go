@@ -15,8 +15,11 @@
 // server pod behind its own sidecar, the sidecar-to-sidecar path splicing
 // is for. cost.go reports the cost per connection and per message.
 //
-// It writes results.md, samples.csv, summary.csv, bpf.csv, cost.csv and
-// chart.png to -out and prints the markdown, and the per-step section
+// scaling.go measures how the cost grows with pods, rules and spliced
+// sockets in the maps (-scaling).
+//
+// It writes results.md, samples.csv, summary.csv, bpf.csv, cost.csv,
+// chart.png, scaling.csv and scaling.png to -out and prints the markdown, and the per-step section
 // (steps.go, -steps) steps.md and steps.csv. -smoke runs one tiny round and only checks
 // that every variant moved its bytes intact. docs/benchmark.md describes
 // the method. Root only; everything it creates is removed on exit, on
@@ -65,6 +68,7 @@ func parseFlags(args []string) (settings, error) {
 	fs.IntVar(&s.CTConns, "ct-conns", s.CTConns, "sequential connections whose conntrack entries are counted")
 	variants := fs.String("variants", "1,2,3,4,5", "variants to run, comma-separated")
 	fs.StringVar(&s.Sbpeer, "sbpeer", "", "prebuilt sbpeer binary (default: go build ./tests/sbpeer)")
+	fs.BoolVar(&s.Scaling, "scaling", true, "also run the scaling benchmark (scaling.go): cost against pods, rules and spliced sockets in the maps")
 	fs.BoolVar(&s.DNS, "dns", true, "also run the DNS row (dns.go): sockbridge's DNS capture against istio-iptables' DNS rules")
 	fs.BoolVar(&s.Steps, "steps", true, "also run the per-step cost section (steps.go): where the BPF time of a proxied connection goes")
 	fs.BoolVar(&s.StepsOnly, "steps-only", false, "run only the per-step cost section")
@@ -163,11 +167,19 @@ func run(t *programTB, s settings) error {
 		fmt.Print(res.markdown())
 		failures += len(res.Failures)
 	}
+	if s.Scaling {
+		sc := runScaling(t, s)
+		if err := sc.writeFiles(s.Out); err != nil {
+			return err
+		}
+		fmt.Print(sc.markdown())
+		failures += len(sc.Failures)
+	}
 	var stepsErr error
 	if s.Steps {
 		stepsErr = runStepsSection(t, s, ref)
 	}
-	t.Logf("results in %s (results.md, samples.csv, summary.csv, bpf.csv, cost.csv, chart.png, iptables-nat.rules, dns.csv, iptables-dns.rules, ipv6.csv, ipv6.rules, inbound.csv, inbound.rules, steps.csv, steps.md)", s.Out)
+	t.Logf("results in %s (results.md, samples.csv, summary.csv, bpf.csv, cost.csv, chart.png, iptables-nat.rules, dns.csv, iptables-dns.rules, ipv6.csv, ipv6.rules, inbound.csv, inbound.rules, scaling.csv, scaling.png, steps.csv, steps.md)", s.Out)
 	if failures > 0 {
 		return errors.Join(fmt.Errorf("%d workload run(s) failed (listed under Failures)", failures), stepsErr)
 	}

@@ -73,6 +73,8 @@ func main() {
 		err = origdstEcho(os.Args[2:])
 	case "held":
 		err = held(os.Args[2:])
+	case "sockfill": // scaling benchmark, sockfill.go
+		err = sockfill(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown mode %q (valid: serve, roundtrip, conns, sockopts, hold, stream, reset, gosidecar, mserve, mclient, sink, reqresp, bulk)", os.Args[1])
 	}

@@ -85,3 +85,11 @@ type LongLived struct {
 	// Errors lists failed checks, at most 20.
 	Errors []string `json:"errors,omitempty"`
 }
+
+// SockFill is what sockfill prints once it holds its sockets.
+type SockFill struct {
+	Sockets int `json:"sockets"`
+	// Inserted is how many of them went into the sockhash.
+	Inserted int     `json:"inserted"`
+	Seconds  float64 `json:"seconds"`
+}
