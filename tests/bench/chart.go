@@ -34,10 +34,20 @@ func (r *results) writeChart(path string) error {
 			plots[i] = append(plots[i], p)
 		}
 	}
-	img := vgimg.New(15*vg.Inch, 8*vg.Inch)
-	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: 2, Cols: 3, PadX: vg.Inch / 3, PadY: vg.Inch / 3, PadTop: vg.Inch / 6, PadBottom: vg.Inch / 6, PadLeft: vg.Inch / 6, PadRight: vg.Inch / 6}
-	canvases := plot.Align(plots, tiles, dc)
+	return writeGrid(path, plots, 15*vg.Inch, 8*vg.Inch)
+}
+
+// writeGrid draws plots as a grid (rows of panels) of the given size and
+// writes it to path as a PNG.
+func writeGrid(path string, plots [][]*plot.Plot, width, height vg.Length) error {
+	img := vgimg.New(width, height)
+	cols := 0
+	for _, row := range plots {
+		cols = max(cols, len(row))
+	}
+	tiles := draw.Tiles{Rows: len(plots), Cols: cols, PadX: vg.Inch / 3, PadY: vg.Inch / 3,
+		PadTop: vg.Inch / 6, PadBottom: vg.Inch / 6, PadLeft: vg.Inch / 6, PadRight: vg.Inch / 6}
+	canvases := plot.Align(plots, tiles, draw.New(img))
 	for i := range plots {
 		for j, p := range plots[i] {
 			p.Draw(canvases[i][j])

@@ -11,8 +11,6 @@ import (
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
-	"gonum.org/v1/plot/vg/vgimg"
 )
 
 // The scaling benchmark's report: a markdown table per axis, scaling.csv
@@ -182,25 +180,7 @@ func (r *scaleResults) writeChart(path string) error {
 			plots[i] = append(plots[i], p)
 		}
 	}
-	img := vgimg.New(18*vg.Inch, 12*vg.Inch)
-	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: len(axes), Cols: len(scaleMetrics), PadX: vg.Inch / 3, PadY: vg.Inch / 3,
-		PadTop: vg.Inch / 6, PadBottom: vg.Inch / 6, PadLeft: vg.Inch / 6, PadRight: vg.Inch / 6}
-	canvases := plot.Align(plots, tiles, dc)
-	for i := range plots {
-		for j, p := range plots[i] {
-			p.Draw(canvases[i][j])
-		}
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
-		f.Close()
-		return fmt.Errorf("encode png: %w", err)
-	}
-	return f.Close()
+	return writeGrid(path, plots, 18*vg.Inch, 12*vg.Inch)
 }
 
 func (r *scaleResults) panel(axis []scalePoint, m metric) (*plot.Plot, error) {
