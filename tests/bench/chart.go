@@ -37,14 +37,19 @@ func (r *results) writeChart(path string) error {
 	return writeGrid(path, plots, 15*vg.Inch, 8*vg.Inch)
 }
 
-// writeGrid draws plots as a grid (rows of panels) of the given size and
-// writes it to path as a PNG.
+// writeGrid draws plots as a rectangular grid (rows of panels) of the
+// given size and writes it to path as a PNG.
 func writeGrid(path string, plots [][]*plot.Plot, width, height vg.Length) error {
-	img := vgimg.New(width, height)
-	cols := 0
-	for _, row := range plots {
-		cols = max(cols, len(row))
+	if len(plots) == 0 || len(plots[0]) == 0 {
+		return fmt.Errorf("write %s: no panels", path)
 	}
+	cols := len(plots[0])
+	for i, row := range plots {
+		if len(row) != cols {
+			return fmt.Errorf("write %s: row %d has %d panels, row 0 has %d (the grid must be rectangular)", path, i, len(row), cols)
+		}
+	}
+	img := vgimg.New(width, height)
 	tiles := draw.Tiles{Rows: len(plots), Cols: cols, PadX: vg.Inch / 3, PadY: vg.Inch / 3,
 		PadTop: vg.Inch / 6, PadBottom: vg.Inch / 6, PadLeft: vg.Inch / 6, PadRight: vg.Inch / 6}
 	canvases := plot.Align(plots, tiles, draw.New(img))
