@@ -30,6 +30,7 @@ const (
 	upgradeRounds = 3
 	// upgradeConns is the sequential connections of each round.
 	upgradeConns = 800
+	upgradePause = 20 * time.Millisecond // between the client's connections
 	// longLivedConns is the connections of each long-lived client, opened
 	// under layout 1 before the upgrade and checked until after it.
 	longLivedConns = 4
@@ -97,8 +98,11 @@ func TestUpgradeFromLayout1UnderLoad(t *testing.T) {
 		asks := startLongLived(t, b, "origdst")
 		held := holdHandshakes(t, c)
 		seen = len(a.sidecar.WaitLogLines("outbound", seen+longLivedConns))
+		// Paced so that the 600 connections after the upgrade outlast the
+		// new agent's start (probe, load, migration): at 5 ms a quiet
+		// machine (load 6) once finished them before the agent was ready.
 		client := testutil.Start(t, testutil.ProcSpec{Netns: a.ns, Cgroup: a.app, Args: []string{
-			bin.sbpeer, "conns", "-addr", serverAddr(), "-n", fmt.Sprint(upgradeConns), "-parallel", "1", "-pause", "5ms"}})
+			bin.sbpeer, "conns", "-addr", serverAddr(), "-n", fmt.Sprint(upgradeConns), "-parallel", "1", "-pause", upgradePause.String()}})
 		// The upgrade at a quarter, a restart at a half.
 		agent, outputs := testutil.RestartsUnderLoad(t, &testutil.Agent{Proc: oldAgent}, startNew, client, a.sidecar, seen+upgradeConns/4)
 		heldResults := held()
