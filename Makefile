@@ -54,7 +54,7 @@ test: deps kube-apiserver ## Run every test: unit, fuzz, privileged end-to-end (
 demo: deps build ## Build, probe the kernel and run two demo pods through the datapath with HAProxy as sidecar (root)
 	$(GO) run ./tests/demo
 
-bench: build ## Benchmark direct, explicit proxy, iptables and sockbridge side by side (root)
+bench: build ## Benchmark direct, explicit proxy, iptables and sockbridge side by side, plus DNS, IPv6, inbound, scaling and per-step cost sections (root; BENCH_ARGS="-rounds 5")
 	$(GO) run ./tests/bench $(BENCH_ARGS)
 
 format: ## Format Go and C sources
