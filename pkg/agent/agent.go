@@ -234,6 +234,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if plan.Inbound {
 		r := inbound.New(dp, log)
 		pods = inbound.Tracking{PodMap: dp, R: r}
+		ready.follow(checkInbound, r.NotReady)
 		rctx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() { r.Run(rctx); close(done) }()

@@ -20,6 +20,7 @@ import (
 const (
 	checkDatapath = "datapath" // programs loaded and attached, maps pinned
 	checkPods     = "pods"     // the pod source read and the pod map reconciled with it
+	checkInbound  = "inbound"  // with inbound capture on: every pod that ran at start has it (inbound.Reconciler.NotReady)
 )
 
 // readiness holds the state of each readiness check: "" when it passes,

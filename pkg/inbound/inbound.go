@@ -19,6 +19,7 @@ package inbound
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -68,6 +69,11 @@ type Reconciler struct {
 	done   map[uint64]uint64
 	synced bool // the wanted set is complete (after Set)
 	kick   chan struct{}
+	// covered is set by the first pass that began with the full set and
+	// left no pod with a namespace uncaptured; until then notReady says
+	// how many are left (NotReady).
+	covered  bool
+	notReady string
 }
 
 // New returns a reconciler for dp. It detaches nothing until Set has given
@@ -77,6 +83,7 @@ func New(dp Attacher, log logrus.FieldLogger) *Reconciler {
 	return &Reconciler{
 		dp: dp, log: log, find: podnetns.Find, pids: podnetns.PIDs, interval: DefaultInterval,
 		want: map[uint64]string{}, logged: map[uint64]string{}, done: map[uint64]uint64{}, kick: make(chan struct{}, 1),
+		notReady: "the pod list is not known yet",
 	}
 }
 
@@ -151,17 +158,25 @@ func (r *Reconciler) Reconcile() {
 	r.mu.Unlock()
 
 	attached := r.dp.InboundAttached()
+	pending := 0 // pods with a namespace but without inbound capture yet
 	for id, path := range want {
 		if ino, ok := attached[id]; ok && ino != 0 && r.doneFor(id) == ino {
 			continue
 		}
 		ns, err := r.find(path)
 		if err != nil {
+			// A pod without a process has no namespace that traffic
+			// could reach yet; a host-network pod has none of its own
+			// (sk_lookup is never attached to the node's namespace).
 			if !errors.Is(err, podnetns.ErrNoProcess) {
+				if !errors.Is(err, podnetns.ErrHostNetns) {
+					pending++
+				}
 				r.logOnce(id, err, "cannot find the pod's network namespace; inbound capture waits")
 			}
 			continue
 		}
+		pending++ // until this pod is done below
 		if ino, ok := attached[id]; !ok || ino != ns.Inode {
 			if err := r.dp.AttachInbound(id, ns.Path); err != nil {
 				r.logOnce(id, err, "attach inbound capture; retrying")
@@ -190,10 +205,21 @@ func (r *Reconciler) Reconcile() {
 		r.mu.Lock()
 		r.done[id] = ns.Inode
 		r.mu.Unlock()
+		pending--
 	}
 	if !synced {
 		return
 	}
+	r.mu.Lock()
+	if !r.covered {
+		if pending == 0 {
+			r.covered, r.notReady = true, ""
+			r.log.WithField("pods", len(want)).Info("inbound capture attached to every pod that wants it")
+		} else {
+			r.notReady = fmt.Sprintf("%d pod(s) of %d without inbound capture yet (the log says why)", pending, len(want))
+		}
+	}
+	r.mu.Unlock()
 	for id := range attached {
 		if _, ok := want[id]; ok {
 			continue
@@ -207,6 +233,19 @@ func (r *Reconciler) Reconcile() {
 		r.mu.Unlock()
 		r.log.WithField("cgroup_id", id).Debug("inbound capture detached")
 	}
+}
+
+// NotReady is "" once one pass that began with the full pod set (Set) has
+// attached inbound capture to every wanted pod whose namespace exists, and
+// recorded its sidecar's listener; until then it says how many pods are
+// left. Before that, a pod that already ran when the agent started can be
+// reached past its sidecar (no capture yet) or be refused (no listener
+// yet). Pods that come later are covered by the bind guard instead, so the
+// answer does not go back.
+func (r *Reconciler) NotReady() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.notReady
 }
 
 func (r *Reconciler) doneFor(id uint64) uint64 {

@@ -43,6 +43,7 @@ func main() {
 // cleanups in reverse order.
 type demo struct {
 	cleanups []func()
+	agent    *testutil.Proc // printed when the demo fails
 }
 
 type fatal struct{}
@@ -52,6 +53,9 @@ func (d *demo) Logf(format string, args ...any) { fmt.Printf(format+"\n", args..
 func (d *demo) Cleanup(f func())                { d.cleanups = append(d.cleanups, f) }
 func (d *demo) Fatalf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "demo failed: "+format+"\n", args...)
+	if d.agent != nil {
+		fmt.Fprintf(os.Stderr, "the agent's log:\n%s", indent(d.agent.Output()))
+	}
 	panic(fatal{})
 }
 
@@ -143,10 +147,11 @@ func (d *demo) run() {
 		{"name": "demo/api", "cgroup": api.cgroup, "ip": apiIP.String()},
 	})
 	d.Cleanup(func() { os.Remove(podFile) })
-	agent := testutil.Start(d, testutil.ProcSpec{Args: []string{sockbridge, "agent", "--cgroup", cg, "--bpffs-dir", pinDir, "--pods-file", podFile}})
-	if !agent.WaitOutput("pods synced", 60*time.Second) {
-		d.Fatalf("agent did not start:\n%s", agent.Output())
-	}
+	agent := testutil.StartAgent(d, sockbridge, "--cgroup", cg, "--bpffs-dir", pinDir, "--pods-file", podFile)
+	d.agent = agent.Proc
+	// Ready: the datapath attached, the pods in the maps, and inbound
+	// capture on the pods, which already ran before the agent did.
+	agent.WaitReady(d)
 	fmt.Print(indent(agent.Output()))
 
 	step("4. The app in pod app dials web %s:8080", webIP)
