@@ -369,8 +369,10 @@ func TestInboundLifecycleWithAgent(t *testing.T) {
 	const n = 400
 	client := testutil.Start(t, testutil.ProcSpec{Netns: remote, Args: []string{bin.sbpeer, "conns", "-addr", appAddr, "-n", strconv.Itoa(n), "-parallel", "1"}})
 	time.Sleep(200 * time.Millisecond)
-	agent.Cmd.Process.Kill()
-	agent.Cmd.Wait()
+	// The whole process group, as a container's end kills it: a helper
+	// the agent runs keeps its output open, and Wait on the agent alone
+	// then never returns (seen once, 30 minutes, at load 8).
+	(&testutil.Agent{Proc: agent}).Kill(t)
 	agent = testutil.Start(t, testutil.ProcSpec{Args: args})
 	if !agent.WaitOutput("pods synced", agentStartTimeout) {
 		t.Fatalf("restarted agent did not start:\n%s", agent.Output())
