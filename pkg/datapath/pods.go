@@ -549,22 +549,11 @@ func (dp *Datapath) InFlightTuples() (int, error) {
 // SplicedSockets counts the sockets in sb_sockhash (two per spliced flow);
 // 0 when the datapath runs without splicing (no sockhash).
 func (dp *Datapath) SplicedSockets() (int, error) {
-	if dp.maps.SbSockhash == nil {
-		return 0, nil
+	list, err := dp.SplicedSocketList()
+	if err != nil {
+		return 0, err
 	}
-	var (
-		k datapathSbSockKey
-		v uint64
-		n int
-	)
-	it := dp.maps.SbSockhash.Iterate()
-	for it.Next(&k, &v) {
-		n++
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("iterate sockhash: %w", err)
-	}
-	return n, nil
+	return len(list), nil
 }
 
 // SplicedSocket is one sb_sockhash entry: the key the sk_msg program looks

@@ -108,3 +108,15 @@ func TestPodValueBothFamilies(t *testing.T) {
 		t.Errorf("IPv6-only pod: %v", got)
 	}
 }
+
+// TestSplicedSocketsWithoutSplicing: a datapath loaded without splicing has
+// no sockhash; the count is 0 and the list nil, neither an error.
+func TestSplicedSocketsWithoutSplicing(t *testing.T) {
+	dp := &Datapath{}
+	if n, err := dp.SplicedSockets(); n != 0 || err != nil {
+		t.Errorf("SplicedSockets() = %d, %v; want 0, nil", n, err)
+	}
+	if list, err := dp.SplicedSocketList(); list != nil || err != nil {
+		t.Errorf("SplicedSocketList() = %v, %v; want nil, nil", list, err)
+	}
+}
