@@ -22,10 +22,7 @@ func TestBenchSmoke(t *testing.T) {
 	if err := res.writeFiles(s.Out); err != nil {
 		t.Errorf("write results: %v", err)
 	}
-	t.Logf("\n%s", res.markdown())
-	for _, f := range res.Failures {
-		t.Errorf("%s", f)
-	}
+	logSection(t, res.markdown(), res.Failures)
 	for _, v := range res.Variants {
 		if v.Unavailable != "" {
 			t.Logf("variant %d (%s) not available: %s", v.ID, v.Name, v.Unavailable)

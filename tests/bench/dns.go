@@ -260,12 +260,7 @@ func (d *dnsResults) markdown() string {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", v, medRange(qps, "%.0f"), medRange(p50, "%.0f"), medRange(p99, "%.0f"), medRange(ct, "%.0f"))
 	}
 	fmt.Fprintf(&b, "\nsockbridge's `dns_connected` counter at the end: %d (each load socket's connect() sent to the proxy).\n", d.Captured)
-	if len(d.Failures) > 0 {
-		b.WriteString("\nDNS failures:\n\n")
-		for _, f := range d.Failures {
-			fmt.Fprintf(&b, "- %s\n", f)
-		}
-	}
+	writeFailureList(&b, "\nDNS failures:\n\n", d.Failures)
 	return b.String()
 }
 

@@ -18,10 +18,7 @@ func TestDNSBenchSmoke(t *testing.T) {
 	if err := res.writeFiles(s.Out); err != nil {
 		t.Errorf("write results: %v", err)
 	}
-	t.Logf("\n%s", res.markdown())
-	for _, f := range res.Failures {
-		t.Errorf("%s", f)
-	}
+	logSection(t, res.markdown(), res.Failures)
 	for _, v := range dnsVariants {
 		n := 0
 		for _, smp := range res.Samples {

@@ -103,7 +103,7 @@ func (r *results) markdown() string {
 	r.writeBPF(&b)
 	r.writeCounters(&b)
 	r.writeMachine(&b, sum)
-	r.writeFailures(&b)
+	writeFailureList(&b, "### Failures\n\n", r.Failures)
 	return b.String()
 }
 
@@ -437,17 +437,6 @@ func widest(ns []noisy, n int) []string {
 		out = append(out, fmt.Sprintf("%s of variant %d (%.0f%%)", m.label, x.variant, x.spread*100))
 	}
 	return out
-}
-
-func (r *results) writeFailures(b *strings.Builder) {
-	if len(r.Failures) == 0 {
-		return
-	}
-	b.WriteString("### Failures\n\n")
-	for _, f := range r.Failures {
-		fmt.Fprintf(b, "- %s\n", f)
-	}
-	b.WriteString("\n")
 }
 
 // writeFiles writes results.md, samples.csv, summary.csv, bpf.csv, cost.csv,

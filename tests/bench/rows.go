@@ -621,12 +621,7 @@ func (r *rowResults) markdown() string {
 		}
 		fmt.Fprintf(&b, "\nsockbridge's counters at the end: %s.\n", strings.Join(cs, " "))
 	}
-	if len(r.Failures) > 0 {
-		fmt.Fprintf(&b, "\n%s failures:\n\n", r.Key)
-		for _, f := range r.Failures {
-			fmt.Fprintf(&b, "- %s\n", f)
-		}
-	}
+	writeFailureList(&b, "\n"+r.Key+" failures:\n\n", r.Failures)
 	return b.String()
 }
 

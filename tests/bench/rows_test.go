@@ -34,10 +34,7 @@ func checkRowSmoke(t *testing.T, run func(testutil.TB, settings) *rowResults, co
 	if err := res.writeFiles(s.Out); err != nil {
 		t.Errorf("write results: %v", err)
 	}
-	t.Logf("\n%s", res.markdown())
-	for _, f := range res.Failures {
-		t.Errorf("%s", f)
-	}
+	logSection(t, res.markdown(), res.Failures)
 	for _, v := range res.Variants {
 		for _, m := range rowMetrics {
 			if n := len(res.values(v, m.key)); n != 1 {

@@ -100,13 +100,7 @@ func (r *scaleResults) markdown() string {
 	fmt.Fprintf(&b, "Rules: %d is the most one pod can hold, every list full (8 lists × 64, less Istio's 4 never-captured inbound ports); "+
 		"1000 cannot be expressed: pkg/policy caps every list at 64 (MaxPorts, MaxCIDRs) and the datapath rejects a pod over a cap. "+
 		"The maps' layout would take more (entries are per rule, not per pod), so 1000 needs the caps raised, not a new layout.\n\n", maxScaleRules)
-	if len(r.Failures) > 0 {
-		b.WriteString("Failures:\n\n")
-		for _, f := range r.Failures {
-			fmt.Fprintf(&b, "- %s\n", f)
-		}
-		b.WriteString("\n")
-	}
+	writeFailureList(&b, "Failures:\n\n", r.Failures)
 	return b.String()
 }
 

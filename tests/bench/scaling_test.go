@@ -24,10 +24,7 @@ func TestScalingBenchSmoke(t *testing.T) {
 	if err := res.writeFiles(t.TempDir()); err != nil {
 		t.Errorf("write results: %v", err)
 	}
-	t.Logf("\n%s", res.markdown())
-	for _, f := range res.Failures {
-		t.Errorf("%s", f)
-	}
+	logSection(t, res.markdown(), res.Failures)
 	checked := map[scalePoint]bool{}
 	for _, c := range res.Checks {
 		checked[c.Point] = true

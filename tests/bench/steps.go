@@ -542,7 +542,7 @@ func (res *stepsResults) markdown() string {
 		"Load average %s before, %s after.\n\n", s.Conns, s.ConnsParallel, len(res.Rounds), res.Before.LoadAvg, res.After.LoadAvg)
 	if len(res.Rounds) == 0 {
 		b.WriteString("No round completed.\n\n")
-		res.writeFailures(&b)
+		writeFailureList(&b, "**Failures**\n\n", res.Failures)
 		return b.String()
 	}
 	b.WriteString("| step | hook | ns per execution | executions per test connection | per proxied connection | ns per proxied connection | per sidecar-to-sidecar connection (splice) |\n")
@@ -601,7 +601,7 @@ func (res *stepsResults) markdown() string {
 	}
 	fmt.Fprintf(&b, "\n%s sockops callbacks per proxied connection, of which %s at ops the datapath does anything at; the others cost a floor each: %s ns.\n\n",
 		format(opsProxied), format(opsNeeded), format(opsMean.median*(opsProxied-opsNeeded)))
-	res.writeFailures(&b)
+	writeFailureList(&b, "**Failures**\n\n", res.Failures)
 	return b.String()
 }
 
@@ -649,17 +649,6 @@ func (res *stepsResults) writeReference(b *strings.Builder, shares map[string]ho
 	}
 	fmt.Fprintf(b, "\nDatapath total %s ns per connection; the steps and floors above account for %s ns of it (%.0f%%).\n\n",
 		format(total), format(accounted), 100*accounted/total)
-}
-
-func (res *stepsResults) writeFailures(b *strings.Builder) {
-	if len(res.Failures) == 0 {
-		return
-	}
-	b.WriteString("**Failures**\n\n")
-	for _, f := range res.Failures {
-		fmt.Fprintf(b, "- %s\n", f)
-	}
-	b.WriteString("\n")
 }
 
 // writeFiles writes steps.csv (one row per round and program) and

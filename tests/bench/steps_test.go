@@ -87,10 +87,7 @@ func TestStepsSmoke(t *testing.T) {
 		t.Errorf("write results: %v", err)
 	}
 	md := res.markdown()
-	t.Logf("\n%s", md)
-	for _, f := range res.Failures {
-		t.Errorf("%s", f)
-	}
+	logSection(t, md, res.Failures)
 	if len(res.Rounds) != s.Rounds {
 		t.Fatalf("%d rounds completed, want %d", len(res.Rounds), s.Rounds)
 	}
