@@ -91,6 +91,9 @@ type results struct {
 	// Cost is each datapath program's run time over each connection-rate
 	// and mesh run (cost.go).
 	Cost []progCost
+	// CTFromTable counts conntrack runs counted from the table because
+	// `conntrack -E` lost events (ENOBUFS) (countConntrack).
+	CTFromTable int
 }
 
 type variantInfo struct {

@@ -55,6 +55,8 @@ type dnsSample struct {
 	Failed   int64
 	CTNew    int // conntrack NEW events (UDP) in the pod during the run
 	FirstErr string
+	// ctFromTable: CTNew is the table's size, `conntrack -E` lost events.
+	ctFromTable bool
 }
 
 // dnsResults is what the DNS benchmark measured.
@@ -64,6 +66,9 @@ type dnsResults struct {
 	Failures []string
 	Rules    string // the iptables variant's rules, as iptables-save shows them
 	Captured uint64 // sockbridge's dns_connected counter at the end
+	// CTFromTable counts runs whose conntrack entries were counted from
+	// the table because `conntrack -E` lost events (ENOBUFS).
+	CTFromTable int
 }
 
 type dnsPod struct {
@@ -124,6 +129,9 @@ func runDNSBench(t testutil.TB, s settings) *dnsResults {
 				continue
 			}
 			res.Samples = append(res.Samples, smp)
+			if smp.ctFromTable {
+				res.CTFromTable++
+			}
 			t.Logf("round %d dns        %-36s %.0f queries/s p50 %.0f µs p99 %.0f µs, %d conntrack entries", r, pd.variant, smp.PerSec, smp.P50us, smp.P99us, smp.CTNew)
 		}
 	}
@@ -148,16 +156,16 @@ func newDNSPod(t testutil.TB, nw *testutil.Network, name, parent string, ip neti
 	return pd
 }
 
-// run asks for dur and counts the conntrack entries made meanwhile.
+// run asks for dur and counts the conntrack entries (UDP, both families)
+// made meanwhile in the pod's namespace (countConntrack).
 func (pd *dnsPod) run(t testutil.TB, sbpeer string, dur time.Duration) (dnsSample, error) {
 	smp := dnsSample{Variant: pd.variant}
-	ct, err := watchConntrackUDP(t, pd.ns)
-	if err != nil {
-		return smp, err
-	}
-	out, err := testutil.Output(t, dur+time.Minute, testutil.ProcSpec{Netns: pd.ns, Cgroup: pd.app,
-		Args: []string{sbpeer, "dnsload", "-server", pd.server, "-name", dnsName, "-conc", fmt.Sprint(dnsLoadSockets), "-duration", dur.String()}})
-	n, cterr := ct.stop()
+	var out []byte
+	ct, err := countConntrack(t, "dns "+pd.variant, ctScope{ns: pd.ns, proto: "udp"}, func() (err error) {
+		out, err = testutil.Output(t, dur+time.Minute, testutil.ProcSpec{Netns: pd.ns, Cgroup: pd.app,
+			Args: []string{sbpeer, "dnsload", "-server", pd.server, "-name", dnsName, "-conc", fmt.Sprint(dnsLoadSockets), "-duration", dur.String()}})
+		return err
+	})
 	if err != nil {
 		return smp, err
 	}
@@ -172,18 +180,9 @@ func (pd *dnsPod) run(t testutil.TB, sbpeer string, dur time.Duration) (dnsSampl
 	if err := json.Unmarshal(out, &r); err != nil {
 		return smp, fmt.Errorf("decode dnsload output %q: %w", out, err)
 	}
-	smp.PerSec, smp.P50us, smp.P99us, smp.Failed, smp.FirstErr, smp.CTNew = r.PerSec, r.P50us, r.P99us, r.Failed, r.FirstErr, n
-	return smp, cterr
-}
-
-// watchConntrackUDP counts UDP NEW events of the pod's namespace.
-func watchConntrackUDP(t testutil.TB, ns *testutil.Netns) (*conntrackWatch, error) {
-	p := testutil.Start(t, testutil.ProcSpec{Netns: ns, Args: []string{"conntrack", "-E", "-e", "NEW", "-p", "udp"}})
-	time.Sleep(300 * time.Millisecond)
-	if done, err := p.Exited(); done {
-		return nil, fmt.Errorf("conntrack -E exited: %v\n%s", err, p.Output())
-	}
-	return &conntrackWatch{p: p}, nil
+	smp.PerSec, smp.P50us, smp.P99us, smp.Failed, smp.FirstErr = r.PerSec, r.P50us, r.P99us, r.Failed, r.FirstErr
+	smp.CTNew, smp.ctFromTable = ct.n, ct.fromTable
+	return smp, nil
 }
 
 // istioDNSRules are istio-iptables' rules for DNS capture of one
@@ -260,6 +259,7 @@ func (d *dnsResults) markdown() string {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", v, medRange(qps, "%.0f"), medRange(p50, "%.0f"), medRange(p99, "%.0f"), medRange(ct, "%.0f"))
 	}
 	fmt.Fprintf(&b, "\nsockbridge's `dns_connected` counter at the end: %d (each load socket's connect() sent to the proxy).\n", d.Captured)
+	writeCTFromTable(&b, d.CTFromTable)
 	writeFailureList(&b, "\nDNS failures:\n\n", d.Failures)
 	return b.String()
 }

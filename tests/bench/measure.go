@@ -123,42 +123,6 @@ func (m *cpuMeter) stop() (cgroups, node time.Duration, err error) {
 	return u - m.start, n.sub(m.node).busyTime(), nil
 }
 
-// conntrackWatch counts conntrack NEW events in one namespace with
-// `conntrack -E`: entries created, which a before/after count of the table
-// misses when TIME_WAIT entries are reused. A large netlink buffer keeps
-// events from being dropped (ENOBUFS) at high connection rates.
-type conntrackWatch struct {
-	p *testutil.Proc
-}
-
-func watchConntrack(t testutil.TB, ns *testutil.Netns) (*conntrackWatch, error) {
-	p := testutil.Start(t, testutil.ProcSpec{Netns: ns, Args: []string{
-		"conntrack", "-E", "-e", "NEW", "-p", "tcp", "-b", strconv.Itoa(16 << 20),
-	}})
-	// conntrack prints nothing once subscribed; give it time to bind.
-	time.Sleep(300 * time.Millisecond)
-	if done, err := p.Exited(); done {
-		return nil, fmt.Errorf("conntrack -E exited: %v\n%s", err, p.Output())
-	}
-	return &conntrackWatch{p: p}, nil
-}
-
-// errConntrackLost is a watch whose count is void: the kernel dropped
-// events (ENOBUFS), which happens on a busy machine whatever the variant.
-var errConntrackLost = errors.New("conntrack -E lost events (ENOBUFS)")
-
-// stop ends the watch and returns the NEW events seen; it fails with
-// errConntrackLost when the kernel dropped events.
-func (w *conntrackWatch) stop() (int, error) {
-	time.Sleep(300 * time.Millisecond) // events in flight
-	w.p.Stop()
-	out := w.p.Output()
-	if strings.Contains(out, "ENOBUFS") {
-		return 0, errConntrackLost
-	}
-	return strings.Count(out, "[NEW]"), nil
-}
-
 // progStat is one BPF program's cumulative run time and run count.
 type progStat struct {
 	runtime time.Duration

@@ -103,6 +103,7 @@ func (r *results) markdown() string {
 	r.writeBPF(&b)
 	r.writeCounters(&b)
 	r.writeMachine(&b, sum)
+	writeCTFromTable(&b, r.CTFromTable)
 	writeFailureList(&b, "### Failures\n\n", r.Failures)
 	return b.String()
 }

@@ -257,58 +257,12 @@ func (b *rowBench) reqresp(v *rowVariant) (map[string]float64, int, error) {
 	return map[string]float64{"rr64_p50_us": r.P50Us, "rr64_p99_us": r.P99Us}, 1, nil
 }
 
-// conntrack counts the conntrack entries CTConns sequential connections
-// create, in a run of its own so the counting slows no measured run. Two
-// counts of the same run: the NEW events `conntrack -E` sees, and the
-// size of the namespace's table (`conntrack -C`, per namespace) after the
-// run, flushed (`conntrack -F`) before it; the benchmark's own namespace
-// holds no connection a flush could hurt. The events are the count; when
-// the kernel dropped events (ENOBUFS, seen on a busy machine despite the
-// 32 MiB buffer) the table count stands in and the report says how often.
-// Entries live 120 s in TIME_WAIT, far longer than a run, and sequential
-// connections do not reuse a tuple, so the two agree on a quiet machine.
+// conntrack counts the conntrack entries (TCP, of the row's family)
+// CTConns sequential connections create (countConntrack), in a run of its
+// own so the counting slows no measured run.
 func (b *rowBench) conntrack(v *rowVariant) (map[string]float64, int, error) {
-	ct := func(args ...string) (string, error) {
-		out, err := exec.Command("nsenter", append([]string{"--net=" + v.ctNS.Path(), "--", "conntrack"}, args...)...).CombinedOutput()
-		if err != nil {
-			return "", fmt.Errorf("conntrack %s in %s: %v: %s", strings.Join(args, " "), v.ctNS.Name, err, out)
-		}
-		return string(out), nil
-	}
-	if _, err := ct("-F", "-f", v.ctFamily); err != nil {
-		return nil, 0, err
-	}
-	p := testutil.Start(b.t, testutil.ProcSpec{Netns: v.ctNS, Args: []string{
-		"conntrack", "-E", "-e", "NEW", "-p", "tcp", "-f", v.ctFamily, "-b", strconv.Itoa(16 << 20),
-	}})
-	time.Sleep(300 * time.Millisecond) // conntrack prints nothing once subscribed
-	if done, err := p.Exited(); done {
-		return nil, 0, fmt.Errorf("conntrack -E exited: %v\n%s", err, p.Output())
-	}
-	r, err := b.runConns(v, b.s.CTConns, 1)
-	time.Sleep(300 * time.Millisecond) // events in flight
-	p.Stop()
-	if err != nil {
-		return nil, 0, err
-	}
-	table, err := ct("-C")
-	if err != nil {
-		return nil, 0, err
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(table))
-	if err != nil {
-		return nil, 0, fmt.Errorf("conntrack -C printed %q", table)
-	}
-	if out := p.Output(); !strings.Contains(out, "ENOBUFS") {
-		if events := strings.Count(out, "[NEW]"); events != n {
-			b.t.Logf("round %d %s %s: %d conntrack NEW events, %d entries in the table", b.round, b.res.Key, v.name, events, n)
-			n = events
-		}
-	} else {
-		b.res.CTFromTable++
-		b.t.Logf("round %d %s %s: conntrack -E lost events (ENOBUFS), counted the table instead: %d entries", b.round, b.res.Key, v.name, n)
-	}
-	return map[string]float64{"ct_per_conn": float64(n) / float64(r.OK)}, int(r.OK), nil
+	return ctPerConn(b.t, fmt.Sprintf("round %d %s %s", b.round, b.res.Key, v.name), ctScope{ns: v.ctNS, proto: "tcp", family: v.ctFamily},
+		&b.res.CTFromTable, func() (peer.Conns, error) { return b.runConns(v, b.s.CTConns, 1) })
 }
 
 // run runs sbpeer as the variant's client and decodes its JSON.
@@ -611,9 +565,7 @@ func (r *rowResults) markdown() string {
 		parts = append(parts, fmt.Sprintf("%s %d of %d", v, r.Failed[v], r.Made[v]))
 	}
 	b.WriteString(strings.Join(parts, "; ") + ".\n")
-	if r.CTFromTable > 0 {
-		fmt.Fprintf(&b, "\nConntrack runs counted from the table (`conntrack -F` before, `-C` after) because `conntrack -E` lost events (ENOBUFS): %d.\n", r.CTFromTable)
-	}
+	writeCTFromTable(&b, r.CTFromTable)
 	if len(r.CounterKeys) > 0 {
 		var cs []string
 		for _, k := range r.CounterKeys {

@@ -165,32 +165,15 @@ func (b *bench) conns(v *variant) (map[string]float64, int, error) {
 	return vals, int(r.OK), nil
 }
 
-// conntrack counts the conntrack entries the pod's namespace creates for
-// CTConns sequential connections, in a run of its own so the event
-// listener does not slow the connection-rate run of one variant only.
-// A count the kernel voided by dropping events (ENOBUFS) is taken again,
-// up to ctAttempts times; a failed connection is never retried.
+// conntrack counts the conntrack entries (TCP, both families) the pod's
+// namespace creates for CTConns sequential connections (countConntrack),
+// in a run of its own so the event listener does not slow the
+// connection-rate run of one variant only. A failed connection is never
+// retried.
 func (b *bench) conntrack(v *variant) (map[string]float64, int, error) {
-	for attempt := 1; ; attempt++ {
-		watch, err := watchConntrack(b.w.t, v.pod.ns)
-		if err != nil {
-			return nil, 0, err
-		}
-		r, err := b.runConns(v, b.s.CTConns, 1)
-		n, werr := watch.stop()
-		if err == nil && errors.Is(werr, errConntrackLost) && attempt < ctAttempts {
-			b.w.t.Logf("%s: conntrack count voided by ENOBUFS, counting again (attempt %d of %d)", v.name, attempt+1, ctAttempts)
-			continue
-		}
-		if err = errors.Join(err, werr); err != nil {
-			return nil, 0, err
-		}
-		return map[string]float64{"ct_per_conn": float64(n) / float64(r.OK)}, int(r.OK), nil
-	}
+	return ctPerConn(b.w.t, fmt.Sprintf("round %d %s", b.curRound, v.name), ctScope{ns: v.pod.ns, proto: "tcp"},
+		&b.res.CTFromTable, func() (peer.Conns, error) { return b.runConns(v, b.s.CTConns, 1) })
 }
-
-// ctAttempts bounds the conntrack counts taken again after ENOBUFS.
-const ctAttempts = 3
 
 func (b *bench) runConns(v *variant, n, parallel int) (peer.Conns, error) {
 	var r peer.Conns
