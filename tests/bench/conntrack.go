@@ -35,7 +35,7 @@ type ctCount struct {
 // and family) after the run, flushed (`conntrack -F`, of sc.family)
 // before it; the benchmark's own namespaces hold no connection a flush
 // could hurt. The events are the count; when the kernel dropped events
-// (ENOBUFS, seen on a busy machine despite the 32 MiB buffer) the table
+// (ENOBUFS, seen on a busy machine despite its 16 MiB buffer) the table
 // count stands in and the caller's report says how often. Entries live
 // 120 s in TIME_WAIT (UDP ones 30 s), far longer than a run, and
 // sequential connections do not reuse a tuple, so the two agree on a
