@@ -252,11 +252,12 @@ static __always_inline void loopback_of(const struct sb_addr *dst, struct sb_add
 }
 
 /* The sidecar's outbound listener for dst's family, called once the
- * source is bound: 127.0.0.1 (loopback_of) for IPv4.
- * For native IPv6, the pod's own IPv6 address when the socket's source is
- * that address (bound by bind_pod_ip or by the app), else ::1. The
- * connection then has the same address at both ends, pod6 to pod6 or ::1
- * to ::1. From the pod address to ::1 it would not close cleanly: the
+ * source is bound: 127.0.0.1 (loopback_of) for IPv4; for native IPv6, the
+ * pod's own IPv6 address when the socket's source is that address (bound
+ * by bind_pod_ip or by the app), else ::1. The connection then has the
+ * same address at both ends, pod6 to pod6 or ::1 to ::1, but for an app
+ * that bound pod6 itself under a loopback-only listener (a documented
+ * limitation). From the pod address to ::1 it does not close cleanly: the
  * app's TIME-WAIT answer to the sidecar's FIN (tcp_v6_send_response) is
  * routed strictly by the interface the FIN came in on, which for a packet
  * to the pod address is the device owning that address, not lo; it has no
