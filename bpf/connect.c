@@ -9,7 +9,10 @@
  * IPv4 without running connect4: such a destination is captured exactly
  * like IPv4 (same policy, the sidecar's IPv4 listener at
  * ::ffff:127.0.0.1), so that no socket family bypasses the sidecar. Native
- * IPv6 destinations go to the sidecar's IPv6 listener at [::1].
+ * IPv6 destinations go to the sidecar's IPv6 listener at the pod's own IPv6
+ * address, from that address, or at [::1] from ::1 (see
+ * outbound_listener): never from the pod address to ::1, a pair whose
+ * close leaves the sidecar's socket in LAST-ACK.
  *
  * Kernel: cgroup/connect4 and connect6 4.17, bpf_bind 4.17,
  * bpf_sk_storage_get from sock_addr programs 5.11 (earlier kernels reject
@@ -189,7 +192,10 @@ static __always_inline bool outbound_captured(struct sb_pod *pod, __u64 cgroup_i
 /* Binds the pod's address of the destination's family as the source, so
  * the sidecar sees the pod IP as downstream source, as under REDIRECT. A
  * socket the app bound itself keeps its address. An AF_INET6 socket binds
- * the v4-mapped pod IPv4 for an IPv4 destination. */
+ * the v4-mapped pod IPv4 for an IPv4 destination. A native IPv6
+ * destination under a sidecar whose outbound listener is on ::1 only
+ * (sb_cfg.outbound_loopback_only) leaves the socket unbound, so that it
+ * connects from ::1 to ::1 (see outbound_listener). */
 static __always_inline void bind_pod_ip(struct bpf_sock_addr *ctx, struct sb_pod *pod,
 					const struct sb_addr *dst, const bool v6)
 {
@@ -210,7 +216,7 @@ static __always_inline void bind_pod_ip(struct bpf_sock_addr *ctx, struct sb_pod
 			sa.sin6_addr.in6_u.u6_addr32[2] = bpf_htonl(0x0000ffff);
 			sa.sin6_addr.in6_u.u6_addr32[3] = pod->ip4;
 		} else {
-			if (sb_addr_is_zero(&pod->ip6))
+			if (sb_addr_is_zero(&pod->ip6) || sb_cfg.outbound_loopback_only)
 				return;
 			sa.sin6_addr.in6_u.u6_addr32[0] = pod->ip6.w[0];
 			sa.sin6_addr.in6_u.u6_addr32[1] = pod->ip6.w[1];
@@ -231,9 +237,9 @@ static __always_inline void bind_pod_ip(struct bpf_sock_addr *ctx, struct sb_pod
 	}
 }
 
-/* The sidecar's outbound listener for dst's family: 127.0.0.1 (v4-mapped
- * on an AF_INET6 socket) or ::1. */
-static __always_inline void outbound_listener(const struct sb_addr *dst, struct sb_addr *to)
+/* The loopback address of dst's family: 127.0.0.1 (v4-mapped on an
+ * AF_INET6 socket) or ::1. */
+static __always_inline void loopback_of(const struct sb_addr *dst, struct sb_addr *to)
 {
 	if (sb_addr_is4(dst)) {
 		sb_addr_set4(to, bpf_htonl(SB_LOCALHOST_IP));
@@ -243,6 +249,34 @@ static __always_inline void outbound_listener(const struct sb_addr *dst, struct 
 		to->w[2] = 0;
 		to->w[3] = bpf_htonl(1);
 	}
+}
+
+/* The sidecar's outbound listener for dst's family, called once the
+ * source is bound: 127.0.0.1 (loopback_of) for IPv4; for native IPv6, the
+ * pod's own IPv6 address when the socket's source is that address (bound
+ * by bind_pod_ip or by the app), else ::1. The connection then has the
+ * same address at both ends, pod6 to pod6 or ::1 to ::1, but for an app
+ * that bound pod6 itself under a loopback-only listener (a documented
+ * limitation). From the pod address to ::1 it does not close cleanly: the
+ * app's TIME-WAIT answer to the sidecar's FIN (tcp_v6_send_response) is
+ * routed strictly by the interface the FIN came in on, which for a packet
+ * to the pod address is the device owning that address, not lo; it has no
+ * route (Ip6OutNoRoutes), the sidecar's socket stays in LAST-ACK and a
+ * later connection from the same port (tcp_tw_reuse) times out
+ * (tests/bench/testdata/ipv6-lastack.sh). The sidecar's wildcard listener
+ * (Envoy's and Kuma's [::]:15001) accepts at the pod address; a listener
+ * on ::1 only (sb_cfg.outbound_loopback_only, Linkerd) keeps ::1, and
+ * bind_pod_ip then leaves the source to the kernel, ::1. */
+static __always_inline void outbound_listener(struct bpf_sock_addr *ctx, const struct sb_pod *pod,
+					      const struct sb_addr *dst, struct sb_addr *to)
+{
+	struct sb_addr src = {}, peer = {};
+
+	loopback_of(dst, to);
+	if (sb_addr_is4(dst) || sb_cfg.outbound_loopback_only || sb_addr_is_zero(&pod->ip6))
+		return;
+	if (ctx->sk && sb_sock_addrs(ctx->sk, &src, &peer) && sb_addr_eq(&src, &pod->ip6))
+		*to = pod->ip6;
 }
 
 /* The DNS branch (bpf/dns.c): a UDP or TCP connect() to port 53 that the
@@ -273,7 +307,7 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, const bool v6)
 	if (remember(ctx, &dst, SB_SOCK_CAPTURED))
 		return 1;
 	bind_pod_ip(ctx, pod, &dst, v6);
-	outbound_listener(&dst, &to);
+	outbound_listener(ctx, pod, &dst, &to);
 	set_dest(ctx, &to, v6);
 	ctx->user_port = bpf_htons(sb_cfg.outbound_port);
 	sb_count(SB_STAT_CAPTURED);

@@ -98,7 +98,7 @@ static __always_inline void to_dns_proxy(struct bpf_sock_addr *ctx, const struct
 {
 	struct sb_addr to = {};
 
-	outbound_listener(dst, &to);
+	loopback_of(dst, &to);
 	set_dest(ctx, &to, v6);
 	ctx->user_port = bpf_htons(sb_cfg.dns_port);
 }
@@ -188,7 +188,7 @@ static __always_inline int dns_recvmsg(struct bpf_sock_addr *ctx, const bool v6)
 	if (!s || !(s->flags & SB_SOCK_DNS))
 		return 1;
 	dest_of(ctx, &src, v6);
-	outbound_listener(&s->addr, &proxy);
+	loopback_of(&s->addr, &proxy);
 	if (!sb_addr_eq(&src, &proxy))
 		return 1;
 	set_dest(ctx, &s->addr, v6);

@@ -88,7 +88,13 @@ struct sb_config {
 	/* Host byte order: ports a sidecar's same-node connection is never short
 	 * cut for (Istio: 15008, 15020, 15021, 15090); 0 = unused slot. */
 	__u16 inbound_skip_ports[SB_MAX_SKIP_PORTS];
-	__u16 pad;
+	/* 1 when the sidecar's outbound listener for IPv6 is on ::1 only
+	 * (Linkerd: LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS 127.0.0.1 and
+	 * [::1]): a native IPv6 connection then goes to [::1] from ::1 (the
+	 * pod's IPv6 address is not bound as source). 0 when it listens on
+	 * the wildcard (Envoy, Kuma: [::]): it goes to the pod's own IPv6
+	 * address from that address (bpf/connect.c, outbound_listener). */
+	__u16 outbound_loopback_only;
 	/* Host byte order: the sidecar's DNS proxy port, on 127.0.0.1 and ::1
 	 * (Istio 15053); 0 = no DNS capture (the DNS branch of the connect
 	 * hooks does nothing). */

@@ -59,6 +59,7 @@ func (f *datapathFlags) register(c *cobra.Command) {
 	fl.Uint32Var(&f.cfg.ProxyGID, "proxy-gid", f.cfg.ProxyGID, "gid of the sidecar")
 	fl.Uint16Var(&f.cfg.OutboundPort, "outbound-port", f.cfg.OutboundPort, "sidecar port for captured outbound connections")
 	fl.Uint16Var(&f.cfg.InboundPort, "inbound-port", f.cfg.InboundPort, "sidecar port for inbound connections")
+	fl.BoolVar(&f.cfg.OutboundLoopbackOnly, "outbound-loopback-only", f.cfg.OutboundLoopbackOnly, "the sidecar's IPv6 outbound listener is on [::1] only: native IPv6 connections go there from ::1, not to the pod's IPv6 address (default: the preset's)")
 	fl.Uint16Var(&f.cfg.DNSPort, "dns-port", f.cfg.DNSPort, "sidecar DNS proxy port on 127.0.0.1 and ::1 for captured DNS (0: no DNS capture)")
 }
 
@@ -79,6 +80,9 @@ func (f *datapathFlags) applyPreset(c *cobra.Command, p *policy.Preset) {
 	}
 	if fl.Changed("inbound-port") {
 		f.cfg.InboundPort = given.InboundPort
+	}
+	if fl.Changed("outbound-loopback-only") {
+		f.cfg.OutboundLoopbackOnly = given.OutboundLoopbackOnly
 	}
 	if fl.Changed("dns-port") {
 		f.cfg.DNSPort = given.DNSPort

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,6 +36,16 @@ type SidecarSpec struct {
 	// net.ipv4.tcp_fastopen (server bit 0x2), which a test may flip
 	// between connections.
 	TFO bool
+	// Upstream6, when set, adds an IPv6 outbound listener on
+	// [Outbound6]:Outbound (IPV6_V6ONLY, beside the IPv4 one) that
+	// forwards every connection to Upstream6 and logs
+	// "outbound6 client=<app> local=<where it arrived>". HAProxy 2.6
+	// reads no original destination on an IPv6 listener (SSSidecar), so
+	// the listener serves tests whose app dials that one address, such as
+	// the close-path test: HAProxy passes the app's close on to the
+	// upstream and closes the app's end when the upstream closes, later.
+	Upstream6 netip.AddrPort
+	Outbound6 netip.Addr
 }
 
 // sidecarConfig renders the HAProxy configuration. No splice options: data
@@ -78,7 +89,21 @@ listen inbound
     tcp-request connection reject if { dst_port %[3]d }
     log-format "inbound client=%%ci:%%cp orig_dst=%%fi:%%fp"
     server orig 0.0.0.0:0 source 127.0.0.6%[4]s
-`, s.MaxConn, s.Outbound, s.Inbound, tfo)
+`, s.MaxConn, s.Outbound, s.Inbound, tfo) + outbound6Config(s)
+}
+
+// outbound6Config is the IPv6 outbound listener of SidecarSpec.Upstream6,
+// or nothing. HAProxy takes the port after an IPv6 address's last colon.
+func outbound6Config(s SidecarSpec) string {
+	if !s.Upstream6.IsValid() {
+		return ""
+	}
+	return fmt.Sprintf(`
+listen outbound6
+    bind %s:%d v6only
+    log-format "outbound6 client=%%ci:%%cp local=%%fi:%%fp"
+    server up %s:%d
+`, s.Outbound6, s.Outbound, s.Upstream6.Addr(), s.Upstream6.Port())
 }
 
 // StartSidecar starts HAProxy and waits until both ports listen.

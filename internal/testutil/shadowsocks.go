@@ -33,8 +33,15 @@ type SSSidecarSpec struct {
 	Cgroup   string
 	UID, GID int
 	// Outbound is the port ss-redir accepts captured outbound connections
-	// on, at OutboundAddr (default ::1, the IPv6 listener sockbridge sends
-	// native IPv6 connections to).
+	// on, at OutboundAddr: by default the wildcard [::], as Envoy's
+	// virtualOutbound and Kuma's outbound:passthrough:ipv6 listen, which
+	// takes both addresses sockbridge sends native IPv6 connections to (the
+	// pod's IPv6 address, or ::1 in a pod without one); ::1 stands for a
+	// loopback-only listener such as Linkerd's. The wildcard is dual-stack
+	// and shares the port with HAProxy's 127.0.0.1 listener through
+	// SO_REUSEPORT (both set it, both run as the proxy uid): IPv4
+	// connections to 127.0.0.1 still reach HAProxy, the more specific
+	// listener.
 	Outbound     int
 	OutboundAddr netip.Addr
 	// Inbound, if not 0, is the inbound port, at InboundAddr (the pod's
@@ -58,7 +65,7 @@ func StartSSSidecar(t TB, s SSSidecarSpec) *SSSidecar {
 		}
 	}
 	if !s.OutboundAddr.IsValid() {
-		s.OutboundAddr = netip.IPv6Loopback()
+		s.OutboundAddr = netip.IPv6Unspecified()
 	}
 	if !s.Passthrough.IsValid() {
 		s.Passthrough = netip.MustParseAddr("::6")
@@ -77,7 +84,7 @@ func StartSSSidecar(t TB, s SSSidecarSpec) *SSSidecar {
 	// the one ss-redir sends, of either family.
 	sc.OutServer = start(append([]string{"ss-server", "-s", "::1", "-p", fmt.Sprint(s.ServerPort)}, common...)...)
 	sc.OutRedir = start(append([]string{"ss-redir", "-s", "::1", "-p", fmt.Sprint(s.ServerPort),
-		"-b", s.OutboundAddr.String(), "-l", fmt.Sprint(s.Outbound)}, common...)...)
+		"-b", s.OutboundAddr.String(), "-l", fmt.Sprint(s.Outbound), "--reuse-port"}, common...)...)
 	wait := []int{s.ServerPort, s.Outbound}
 	if s.Inbound != 0 {
 		sc.InServer = start(append([]string{"ss-server", "-s", "::1", "-p", fmt.Sprint(s.ServerPort + 1),

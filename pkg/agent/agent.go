@@ -224,7 +224,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		"cgroup": cfg.Datapath.CgroupPath, "pins": cfg.Datapath.PinDir,
 		"outbound_port": cfg.Datapath.OutboundPort, "inbound_port": cfg.Datapath.InboundPort,
 		"proxy_uid": cfg.Datapath.ProxyUID, "splice": cfg.Datapath.Splice, "inbound": cfg.Datapath.Inbound,
-		"dns_port": cfg.Datapath.DNSPort, "dns": !cfg.Datapath.NoDNS,
+		"dns_port": cfg.Datapath.DNSPort, "dns": !cfg.Datapath.NoDNS, "outbound_loopback_only": cfg.Datapath.OutboundLoopbackOnly,
 	}).Info("datapath ready")
 
 	// The pod map as the pod sources drive it: with inbound capture on,

@@ -51,6 +51,11 @@ type Config struct {
 	// connections (Istio: 15001); InboundPort where it accepts inbound
 	// ones (Istio: 15006).
 	OutboundPort, InboundPort uint16
+	// OutboundLoopbackOnly says the sidecar's IPv6 outbound listener is on
+	// [::1] only (policy.Preset.OutboundListenerLoopbackOnly): native IPv6
+	// connections go to [::1] from ::1. Off, they go to the pod's IPv6
+	// address from that address, which a wildcard listener accepts.
+	OutboundLoopbackOnly bool
 	// InboundSkipPorts are never redirected to InboundPort (at most 8).
 	InboundSkipPorts []uint16
 	// TunnelPort is the one port of its own pod IP a sidecar reaches
@@ -101,6 +106,7 @@ func IstioDefaults() Config {
 func (c *Config) ForPreset(p *policy.Preset) {
 	c.ProxyUID, c.ProxyGID = p.ProxyUID, p.ProxyGID
 	c.OutboundPort, c.InboundPort = p.OutboundPort, p.InboundPort
+	c.OutboundLoopbackOnly = p.OutboundListenerLoopbackOnly
 	c.InboundSkipPorts = append([]uint16(nil), p.NeverCapturedInbound...)
 	c.TunnelPort = p.TunnelPort
 	c.DNSPort = p.DNSPort
@@ -690,6 +696,9 @@ func (c *Config) config() datapathSbConfig {
 		OutboundPort: c.OutboundPort,
 		InboundPort:  c.InboundPort,
 		TunnelPort:   c.TunnelPort,
+	}
+	if c.OutboundLoopbackOnly {
+		v.OutboundLoopbackOnly = 1
 	}
 	copy(v.InboundSkipPorts[:], c.InboundSkipPorts)
 	if !c.NoDNS {

@@ -34,16 +34,16 @@ type datapathSbCidrKey struct {
 }
 
 type datapathSbConfig struct {
-	_                structs.HostLayout
-	ProxyUid         uint32
-	ProxyGid         uint32
-	OutboundPort     uint16
-	InboundPort      uint16
-	TunnelPort       uint16
-	InboundSkipPorts [8]uint16
-	Pad              uint16
-	DnsPort          uint16
-	LegacyLayout     uint16
+	_                    structs.HostLayout
+	ProxyUid             uint32
+	ProxyGid             uint32
+	OutboundPort         uint16
+	InboundPort          uint16
+	TunnelPort           uint16
+	InboundSkipPorts     [8]uint16
+	OutboundLoopbackOnly uint16
+	DnsPort              uint16
+	LegacyLayout         uint16
 }
 
 type datapathSbDirection uint32

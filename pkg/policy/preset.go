@@ -18,6 +18,13 @@ type Preset struct {
 	ProxyUID, ProxyGID uint32
 	OutboundPort       uint16
 	InboundPort        uint16
+	// OutboundListenerLoopbackOnly says the sidecar's IPv6 outbound
+	// listener is on [::1] only, not on the wildcard [::] (Linkerd:
+	// LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS is 127.0.0.1 and [::1]; Envoy
+	// under Istio and Kuma listen on [::]). A native IPv6 connection then
+	// goes to [::1] from ::1 instead of to the pod's IPv6 address from that
+	// address (docs/datapath.md, "Native IPv6").
+	OutboundListenerLoopbackOnly bool
 	// NeverCapturedInbound are inbound ports never redirected (Istio:
 	// 15008, 15020, 15021, 15090); the status port is added per pod.
 	NeverCapturedInbound []uint16

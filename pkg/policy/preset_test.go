@@ -617,17 +617,19 @@ func TestPresetByName(t *testing.T) {
 		outbound, inbound   uint16
 		sidecar             string
 		wantNeverCapturedIn []uint16
+		loopbackOnly        bool // outbound listener on [::1] only
 	}{
-		{"istio", 1337, 15001, 15006, "istio-proxy", []uint16{15008, 15020, 15021, 15090}},
-		{"linkerd", 2102, 4140, 4143, "linkerd-proxy", []uint16{4190, 4191}},
-		{"kuma", 5678, 15001, 15006, "kuma-sidecar", nil},
+		{"istio", 1337, 15001, 15006, "istio-proxy", []uint16{15008, 15020, 15021, 15090}, false},
+		{"linkerd", 2102, 4140, 4143, "linkerd-proxy", []uint16{4190, 4191}, true},
+		{"kuma", 5678, 15001, 15006, "kuma-sidecar", nil, false},
 	} {
 		p, err := PresetByName(tc.name)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if p.ProxyUID != tc.uid || p.ProxyGID != tc.uid || p.OutboundPort != tc.outbound || p.InboundPort != tc.inbound ||
-			p.SidecarContainer != tc.sidecar || !slices.Equal(p.NeverCapturedInbound, tc.wantNeverCapturedIn) {
+			p.SidecarContainer != tc.sidecar || !slices.Equal(p.NeverCapturedInbound, tc.wantNeverCapturedIn) ||
+			p.OutboundListenerLoopbackOnly != tc.loopbackOnly {
 			t.Errorf("%s: %+v", tc.name, p)
 		}
 	}

@@ -67,7 +67,10 @@ func istioPreset() Preset {
 // linkerdPreset mirrors linkerd2's proxy-init partial
 // (charts/partials/templates/_proxy-init.tpl): proxy uid 2102, inbound
 // 4143, outbound 4140, and the proxy's control (4190) and admin (4191)
-// ports always in --inbound-ports-to-ignore.
+// ports always in --inbound-ports-to-ignore. Its proxy partial
+// (charts/partials/templates/_proxy.tpl) sets
+// LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS to 127.0.0.1:4140 and, unless
+// disableIPv6, [::1]:4140: a loopback-only outbound listener.
 func linkerdPreset() Preset {
 	return Preset{
 		Name:                 "linkerd",
@@ -76,8 +79,10 @@ func linkerdPreset() Preset {
 		OutboundPort:         4140,
 		InboundPort:          4143,
 		NeverCapturedInbound: []uint16{4190, 4191},
-		SidecarContainer:     "linkerd-proxy",
-		InjectedAnnotation:   "linkerd.io/proxy-version",
+		// 127.0.0.1:4140 and [::1]:4140, no wildcard.
+		OutboundListenerLoopbackOnly: true,
+		SidecarContainer:             "linkerd-proxy",
+		InjectedAnnotation:           "linkerd.io/proxy-version",
 		Inject: InjectSwitch{
 			Key:      "linkerd.io/inject",
 			Enabled:  []string{"enabled", "ingress"},

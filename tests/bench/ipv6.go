@@ -14,7 +14,7 @@ import (
 // by sockbridge (cgroup/connect6), in the same run, interleaved. HAProxy
 // reads no original destination on an IPv6 listener, so both pods run
 // shadowsocks-libev as the sidecar, as the e2e IPv6 tests do
-// (testutil.SSSidecar): ss-redir on [::1]:15001 reads
+// (testutil.SSSidecar): ss-redir on [::]:15001 (as Envoy listens) reads
 // getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST) and hands the connection to
 // an ss-server on loopback, which dials the original destination, all as
 // uid 1337.
@@ -49,7 +49,7 @@ func runIPv6Bench(t testutil.TB, s settings) *rowResults {
 	t.Helper()
 	res := newRowResults(s, "ipv6", "IPv6: sockbridge against ip6tables REDIRECT", []string{ip6Rules, ip6Sockb})
 	res.Method = "An IPv6-only pod's app (`sbpeer`) dials `[" + ipv6RowServer.String() + "]:8080` on another host; " +
-		"the sidecar is shadowsocks-libev (`ss-redir` on `[::1]:15001`, reading `IP6T_SO_ORIGINAL_DST`, then `ss-server` on loopback dialling it, uid 1337), " +
+		"the sidecar is shadowsocks-libev (`ss-redir` on `[::]:15001`, reading `IP6T_SO_ORIGINAL_DST`, then `ss-server` on loopback dialling it, uid 1337), " +
 		"reached through istio-iptables' ip6tables nat rules (`ipv6.rules`) or sockbridge's connect6. " +
 		"Conntrack entries: IPv6 NEW events in the pod during the conntrack run."
 	res.CounterKeys = []string{"captured_v6", "origdst_answered", "bind_failed"}

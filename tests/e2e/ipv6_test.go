@@ -44,9 +44,9 @@ func newEnv6(t *testing.T, edits ...func(*datapath.Config)) *env {
 
 // pod6 is a test pod of either or both families with its sidecars: HAProxy
 // for the IPv4 listeners (127.0.0.1:15001, 0.0.0.0:15006) when the pod has
-// an IPv4 address, and shadowsocks on [::1]:15001 (and, with inbound, on
-// [pod IPv6]:15006) for IPv6, since HAProxy reads no original destination
-// on an IPv6 listener (testutil.SSSidecar).
+// an IPv4 address, and shadowsocks on [::]:15001, as Envoy listens (and,
+// with inbound, on [pod IPv6]:15006) for IPv6, since HAProxy reads no
+// original destination on an IPv6 listener (testutil.SSSidecar).
 type pod6 struct {
 	*pod
 	v4, v6 netip.Addr
@@ -56,6 +56,13 @@ type pod6 struct {
 type pod6Opts struct {
 	inbound bool // an IPv6 inbound listener on the pod's IPv6:15006
 	dualSS  bool // one dual-stack shadowsocks listener [::]:15001 for every family, no HAProxy
+	// upstream6, when set, makes HAProxy the IPv6 outbound sidecar too,
+	// forwarding every IPv6 connection to this one address
+	// (testutil.SidecarSpec.Upstream6); no shadowsocks then. Needs v4.
+	upstream6 netip.AddrPort
+	// outboundAt is the IPv6 outbound listener's address when not the
+	// wildcard [::] (::1 for a loopback-only sidecar such as Linkerd's).
+	outboundAt netip.Addr
 }
 
 func (e *env) addPod6(name string, v4, v6 netip.Addr, o pod6Opts) *pod6 {
@@ -81,13 +88,24 @@ func (e *env) addPod6(name string, v4, v6 netip.Addr, o pod6Opts) *pod6 {
 		e.t.Fatalf("upsert pod %s: %v", name, err)
 	}
 	ss := testutil.SSSidecarSpec{Netns: ns, Cgroup: p.proxy, UID: proxyUID, GID: proxyUID, Outbound: int(e.cfg.OutboundPort)}
+	ss.OutboundAddr = o.outboundAt
 	if o.dualSS {
 		ss.OutboundAddr = netip.IPv6Unspecified()
 	} else if v4.IsValid() {
-		p.sidecar = testutil.StartSidecar(e.t, testutil.SidecarSpec{
+		spec := testutil.SidecarSpec{
 			Netns: ns, Cgroup: p.proxy, UID: proxyUID, GID: proxyUID,
 			Outbound: int(e.cfg.OutboundPort), Inbound: int(e.cfg.InboundPort),
-		})
+		}
+		if o.upstream6.IsValid() {
+			spec.Upstream6, spec.Outbound6 = o.upstream6, o.outboundAt
+			if !o.outboundAt.IsValid() {
+				spec.Outbound6 = netip.IPv6Unspecified()
+			}
+		}
+		p.sidecar = testutil.StartSidecar(e.t, spec)
+		if o.upstream6.IsValid() {
+			return p
+		}
 	}
 	if o.inbound {
 		ss.Inbound, ss.InboundAddr, ss.Passthrough = int(e.cfg.InboundPort), v6, passthrough6

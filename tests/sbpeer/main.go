@@ -93,6 +93,7 @@ func serve(args []string) error {
 	listen := fs.String("listen", "0.0.0.0:8080", "address to listen on")
 	resetAfter := fs.Int64("reset-after", 0, "reset each connection (SO_LINGER 0) after echoing this many bytes; 0 never")
 	logConns := fs.Bool("log", false, "print \"accepted <peer>\" for each connection")
+	closeDelay := fs.Duration("close-delay", 0, "wait this long after the client's EOF before closing (a server that closes a moment after its client)")
 	fs.Parse(args)
 	return acceptLoop(*listen, func(c net.Conn) {
 		if *logConns {
@@ -104,6 +105,7 @@ func serve(args []string) error {
 			return
 		}
 		echo(c)
+		time.Sleep(*closeDelay)
 	})
 }
 

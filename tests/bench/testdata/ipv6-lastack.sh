@@ -1,16 +1,18 @@
 #!/bin/sh
-# Reproduces, without sockbridge, why the IPv6 row's sockbridge variant can
-# lose a connection (docs/benchmark.md, "Caveats"): a TCP connection from a
-# pod's global IPv6 address to [::1]:15001, the tuple connect6 plus the
-# pod-address bind produce, whose client closes first and whose sidecar end
-# closes a moment later. The client's orphaned socket answers the sidecar's
+# Shows, without sockbridge, why connect6 never connects a pod's global IPv6
+# address to [::1] (docs/datapath.md, "Native IPv6"), which it did before
+# and which made the IPv6 row's sockbridge variant lose a connection now and
+# then (docs/benchmark.md, "Caveats"): a TCP connection from a pod's global
+# IPv6 address to [::1]:15001 whose client closes first and whose sidecar
+# end closes a moment later. The client's orphaned socket answers the sidecar's
 # FIN from TIME-WAIT through the kernel's control socket; that reply to ::1
 # is routed strictly by the interface the FIN came in on, which the kernel
 # records as the device owning the pod address (not lo), so it has no route
 # (Ip6OutNoRoutes) and the sidecar's socket stays in LAST-ACK, retransmitting.
 # A later connection from the same port (tcp_tw_reuse) lands on it and times
 # out. Controls: the same close between ::1 and ::1, and between the pod
-# address and itself, leaves nothing behind.
+# address and itself, leaves nothing behind; those are the two pairs
+# connect6 makes now.
 #
 # Root only. Everything happens in a network namespace this script creates
 # and deletes; no traffic leaves it. Usage: sh ipv6-lastack.sh
