@@ -12,7 +12,9 @@
  * Hazard: redirected bytes bypass the receiver's TCP receive queue, so
  * splice(2) on the receiving socket never sees them; a proxy that splices
  * (Go's io.Copy between TCP conns, HAProxy's splice-* options) stalls.
- * Splicing is therefore a switch in the agent.
+ * Splicing is therefore a switch in the agent. For the same reason a
+ * socket closed with redirected bytes unread sends FIN, not the RST that
+ * unread TCP bytes cause (docs/splice.md, hazard 6).
  *
  * Kernel: sk_msg and sockhash 4.18, bpf_get_netns_cookie from sk_msg 5.15,
  * sk_msg_md.sk and bpf_sk_storage_get from sk_msg 5.8.
