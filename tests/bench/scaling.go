@@ -233,7 +233,16 @@ func (sc *scaler) point(r int, p scalePoint) {
 	}
 	c := scaleCheck{Round: r, Point: p}
 	var err error
-	if c.Baseline, err = sc.count(p.Axis); err != nil {
+	if p.Axis == axisSockets {
+		// The sockhash empties as the connections an earlier point
+		// measured finish closing (a point of another axis does not
+		// wait for them): start from rest, or from what is left after
+		// settle's wait.
+		c.Baseline, err = sc.settle(p.Axis, 0)
+	} else {
+		c.Baseline, err = sc.count(p.Axis)
+	}
+	if err != nil {
 		fail(err)
 		return
 	}
